@@ -1,0 +1,31 @@
+# syntax=docker/dockerfile:1
+# The app image: one Stable Diffusion model baked in, served by Potassium on port 8000.
+#   docker build --build-arg MODEL_ID=stabilityai/stable-diffusion-xl-base-1.0 -t sd-app .
+#   docker run --gpus all -p 8000:8000 sd-app
+FROM pytorch/pytorch:2.9.1-cuda12.8-cudnn9-runtime
+
+WORKDIR /app
+ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    MODELS_DIR=/models HF_HUB_DISABLE_TELEMETRY=1
+
+# Dependencies first: they change least often.
+COPY requirements.txt ./
+RUN pip install -r requirements.txt
+
+# Weights next, so that a change to the app's code does not download them again.
+ARG MODEL_ID=prompthero/openjourney-v4
+ENV MODEL_ID=${MODEL_ID}
+COPY download.py ./
+COPY serverless_sd/__init__.py serverless_sd/settings.py serverless_sd/weights.py serverless_sd/
+# A gated or private model: docker build --secret id=HF_TOKEN,env=HF_TOKEN ...  (a secret, not a build arg:
+# build args stay readable in the image's history).
+RUN --mount=type=secret,id=HF_TOKEN,env=HF_TOKEN python3 download.py
+
+# At run time nothing is downloaded.
+ENV HF_HUB_OFFLINE=1
+COPY . .
+
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=300s --retries=3 \
+    CMD python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/__status__', timeout=4)"
+CMD ["python3", "-u", "app.py"]

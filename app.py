@@ -1,0 +1,30 @@
+"""The Potassium app: init() loads the model once; the handler turns modelInputs into images.
+
+Run it with `python3 app.py`; POST modelInputs JSON to / (see README for every field).
+"""
+
+from potassium import Potassium, Request
+
+from serverless_sd import schema, serving
+from serverless_sd.pipelines import StableDiffusion
+from serverless_sd.settings import Settings
+
+settings = Settings.from_env()
+app = Potassium("sd-serverless-template")
+
+
+@app.init
+def init() -> dict:
+    return {"model": StableDiffusion.load(settings)}
+
+
+@app.handler("/")
+@serving.endpoint(settings)
+def handler(context: dict, request: Request) -> dict:
+    model: StableDiffusion = context["model"]
+    inputs = schema.parse(request.json, model.limits)
+    return model.generate(inputs).answer()
+
+
+if __name__ == "__main__":
+    serving.serve(app, settings)

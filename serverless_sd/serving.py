@@ -1,0 +1,119 @@
+"""Potassium, served without its known defects (see README, "What we changed in Potassium's behaviour").
+
+- an exception in a handler became a 500 with the Python traceback as its body: here, a JSON error without internals;
+- a body that is not JSON got a 400 with an empty body: here, a 422 JSON error that says what is wrong;
+- init() ran while the main thread busy-waited, starving the loader of the GIL: here, init() runs first, alone;
+- request.headers printed every header (API keys included) when read: nothing here reads them.
+"""
+
+import functools
+import gc
+import json
+import time
+import traceback
+from typing import Callable
+
+import torch
+from flask import Flask, Response as FlaskResponse, request as flask_request
+from potassium import Potassium, Request, Response
+from werkzeug.exceptions import BadRequest, HTTPException
+
+from . import logs
+from .schema import InputError
+from .settings import Settings
+from .weights import WeightsError
+
+# 422, not 400: Banana's 5.x/6.x clients retry a 400 ("over quota") for up to 5 minutes.
+INPUT_ERROR_STATUS = 422
+
+
+def endpoint(settings: Settings) -> Callable:
+    """Turn a handler returning a dict into one that always answers JSON, and logs one line per request."""
+
+    def decorate(handler: Callable[[dict, Request], dict]) -> Callable[[dict, Request], Response]:
+        @functools.wraps(handler)
+        def wrapper(context: dict, request: Request) -> Response:
+            started = time.perf_counter()
+            fields = {"request_id": str(request.id)[:64], **logs.prompt_fields(request.json, settings.log_prompts)}
+            try:
+                answer = handler(context, request)
+                status = 200
+                fields.update(_summary(answer))
+            except InputError as error:
+                status, answer = INPUT_ERROR_STATUS, {"error": str(error), "errors": _error_list(error)}
+                fields["error"] = str(error)
+            except torch.OutOfMemoryError:
+                _free_memory()
+                status, answer = 500, {"error": "out of GPU memory: ask for a smaller size or fewer images"}
+                fields["error"] = "out of memory"
+            except Exception as error:  # noqa: BLE001 - the caller gets no internals, the operator gets the trace
+                _free_memory()
+                status, answer = 500, {"error": f"internal error while generating (request id {request.id})"}
+                fields["error"] = f"{type(error).__name__}"
+                fields["traceback"] = traceback.format_exc(limit=-8)
+            total_ms = round((time.perf_counter() - started) * 1000, 1)
+            if status == 200:
+                answer["timings"]["total_ms"] = total_ms
+            logs.event("request", status=status, total_ms=total_ms, **fields)
+            return Response(status=status, json=answer)
+
+        return wrapper
+
+    return decorate
+
+
+def serve(app: Potassium, settings: Settings) -> None:
+    logs.setup()
+    _harden(app._flask_app, settings)
+    started = time.perf_counter()
+    try:
+        context = app._init_func()
+    except WeightsError as error:
+        raise SystemExit(f"app.py: {error}") from None
+    logs.event("ready", model_id=settings.model_id, init_s=round(time.perf_counter() - started, 2))
+    app._init_func = lambda: context  # Potassium's own init now returns at once: no busy-wait worth the name
+    app.serve(host=settings.host, port=settings.port)
+
+
+def _harden(flask_app: Flask, settings: Settings) -> None:
+    flask_app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+
+    @flask_app.before_request
+    def parse_json_body():
+        if flask_request.method != "POST" or flask_request.path.startswith("/_k/"):
+            return None
+        try:
+            # Parsed once here, whatever the Content-Type, and cached: Potassium's own get_json() reads the cache.
+            flask_request.get_json(force=True)
+        except (BadRequest, RecursionError):
+            why = "empty" if not flask_request.get_data().strip() else "not valid JSON"
+            error = f"body: {why}; send a JSON object of modelInputs"
+            request_id = flask_request.headers.get("X-Banana-Request-Id", "")[:64]  # Flask's headers: nothing printed
+            logs.event("request", status=INPUT_ERROR_STATUS, request_id=request_id, error=error)
+            return _json_response(INPUT_ERROR_STATUS, {"error": error})
+        return None
+
+    @flask_app.errorhandler(HTTPException)
+    def http_error(error: HTTPException):
+        if error.code == 413:
+            return _json_response(413, {"error": f"body: larger than {settings.max_body_bytes} bytes"})
+        return _json_response(error.code or 500, {"error": f"{error.code} {error.name}"})
+
+
+def _json_response(status: int, payload: dict) -> FlaskResponse:
+    return FlaskResponse(json.dumps(payload), status=status, mimetype="application/json")
+
+
+def _error_list(error: InputError) -> list[dict]:
+    return [{"field": field, "message": message} for field, message in error.errors]
+
+
+def _summary(answer: dict) -> dict:
+    keys = ("width", "height", "num_inference_steps", "output_format")
+    return {**{k: answer[k] for k in keys}, "images": len(answer["images"]), **answer["timings"]}
+
+
+def _free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

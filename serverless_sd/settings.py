@@ -1,0 +1,38 @@
+"""Every environment variable and build argument the app reads, typed and bounded, in one place."""
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseModel):
+    """Read from the environment variable of the same name in upper case (MODEL_ID, PORT, ...)."""
+
+    model_id: str = Field("prompthero/openjourney-v4", min_length=1)
+    models_dir: Path = REPO_ROOT / "models"
+    hf_token: SecretStr | None = None
+    host: str = "0.0.0.0"
+    port: int = Field(8000, ge=1, le=65535)
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    compile: bool = False
+    log_prompts: bool = False
+    max_pixels: int = Field(1024 * 1024, ge=64 * 64)
+    max_side: int = Field(2048, ge=64)
+    max_steps: int = Field(150, ge=1)
+    max_images: int = Field(4, ge=1)
+    max_prompt_chars: int = Field(4000, ge=1)
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        values = {name: os.environ[name.upper()] for name in cls.model_fields if os.environ.get(name.upper())}
+        try:
+            return cls.model_validate(values)
+        except ValidationError as error:
+            problems = "; ".join(f"{e['loc'][0]}".upper() + f": {e['msg']}" for e in error.errors())
+            raise SystemExit(f"invalid environment: {problems}") from None

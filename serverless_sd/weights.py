@@ -1,0 +1,63 @@
+"""Which files a MODEL_ID needs: one rule for download.py (build time) and the loader (run time)."""
+
+from pathlib import Path
+from typing import Iterable
+
+from huggingface_hub import get_cached_repo_tree, model_info
+from huggingface_hub.errors import (
+    CachedRepoTreeNotFoundError, GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError,
+)
+
+
+class WeightsError(RuntimeError):
+    """The model cannot be had: the message says what to do about it."""
+
+
+def fp16_variant(filenames: Iterable[str]) -> str | None:
+    """Take the repo's fp16 safetensors where it ships them: half the download, and the dtype we serve in."""
+    return "fp16" if any(name.endswith(".fp16.safetensors") for name in filenames) else None
+
+
+def download(model_id: str, models_dir: Path, token: str | None = None) -> Path:
+    """Fetch only what the pipeline loads (safetensors over .bin/.ckpt, the fp16 variant if any) into models_dir."""
+    if Path(model_id).is_dir():
+        return Path(model_id)
+    try:
+        files = [sibling.rfilename for sibling in model_info(model_id, token=token).siblings or []]
+        return _fetch(model_id, models_dir, files, token=token)
+    except GatedRepoError:
+        raise WeightsError(
+            f"MODEL_ID {model_id!r} is gated: accept its terms on its Hugging Face page, then pass a token "
+            "that can read it as HF_TOKEN"
+        ) from None
+    except RepositoryNotFoundError:
+        raise WeightsError(
+            f"MODEL_ID {model_id!r} was not found on the Hugging Face hub: check the id, or, if the repo is "
+            "private, pass a token that can read it as HF_TOKEN"
+        ) from None
+    except HfHubHTTPError as error:
+        raise WeightsError(f"downloading MODEL_ID {model_id!r} failed: {error}") from None
+
+
+def locate(model_id: str, models_dir: Path) -> Path:
+    """The folder to load: MODEL_ID itself when it is one, else the snapshot download() baked in. Never the network."""
+    if Path(model_id).is_dir():
+        return Path(model_id)
+    try:
+        files = [entry.path for entry in get_cached_repo_tree(model_id, cache_dir=models_dir)]
+        return _fetch(model_id, models_dir, files, local_files_only=True)
+    except (CachedRepoTreeNotFoundError, LocalEntryNotFoundError, ValueError):
+        raise WeightsError(
+            f"MODEL_ID {model_id!r} is not in {models_dir}: run `python3 download.py` with the same MODEL_ID "
+            "(the Dockerfile does this at build time)"
+        ) from None
+
+
+def _fetch(model_id: str, models_dir: Path, files: list[str], **hub_options) -> Path:
+    from diffusers import DiffusionPipeline  # diffusers' own rule: the files its from_pretrained will open
+
+    return Path(DiffusionPipeline.download(model_id, cache_dir=models_dir, variant=fp16_variant(files), **hub_options))
+
+
+def local_variant(folder: Path) -> str | None:
+    return fp16_variant(path.name for path in folder.rglob("*.safetensors"))

@@ -1,0 +1,30 @@
+"""app.py with faults planted in generation, for the tests of internal failures: run as `python3 tests/fault_app.py`.
+
+The prompt "fail: oom" raises CUDA's out-of-memory error, "fail: crash" a RuntimeError carrying internals.
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import app  # noqa: E402
+from serverless_sd import serving  # noqa: E402
+from serverless_sd.pipelines import StableDiffusion  # noqa: E402
+
+real_generate = StableDiffusion.generate
+
+
+def generate_with_faults(self, inputs):
+    if inputs.prompt == "fail: oom":
+        torch.ones(1024, 1024)  # something to free
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (internal detail)")
+    if inputs.prompt == "fail: crash":
+        raise RuntimeError("secret internal detail at /opt/internal/path.py")
+    return real_generate(self, inputs)
+
+
+StableDiffusion.generate = generate_with_faults
+serving.serve(app.app, app.settings)

@@ -1,0 +1,115 @@
+"""Build Stable Diffusion pipelines with random weights from diffusers' own classes.
+
+Tests use the tiny shapes (a pipeline in a few MB, an image in milliseconds); the benchmarks use
+SD 1.5's real configs. Nothing is downloaded: the tokenizer's byte-level vocabulary is made here.
+"""
+
+from pathlib import Path
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    ControlNetModel,
+    EulerDiscreteScheduler,
+    PNDMScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+
+def byte_level_tokenizer(vocab_size: int = 1000) -> CLIPTokenizer:
+    """A CLIP tokenizer over GPT-2's byte alphabet, padded with filler tokens to `vocab_size`."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    chars = [chr(c) for c in printable] + [chr(256 + i) for i in range(len(others))]
+    tokens = ["<|startoftext|>", "<|endoftext|>", *chars, *(c + "</w>" for c in chars)]
+    tokens += [f"<filler{i}>" for i in range(vocab_size - len(tokens))]
+    return CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=[], model_max_length=77)
+
+
+def _text_encoder_config(hidden: int, layers: int, heads: int, projection: int, vocab: int) -> CLIPTextConfig:
+    return CLIPTextConfig(
+        bos_token_id=0, eos_token_id=1, pad_token_id=1, vocab_size=vocab, hidden_size=hidden,
+        intermediate_size=hidden * 4, num_attention_heads=heads, num_hidden_layers=layers,
+        projection_dim=projection, max_position_embeddings=77, hidden_act="quick_gelu",
+    )
+
+
+def tiny_unet(**extra) -> UNet2DConditionModel:
+    return UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, **extra,
+    )
+
+
+def tiny_vae() -> AutoencoderKL:
+    return AutoencoderKL(
+        block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+    )
+
+
+def save_tiny_sd(folder: Path) -> Path:
+    """SD-1.x-shaped: 64x64 native size (32x32 latents, VAE scale factor 2)."""
+    torch.manual_seed(0)
+    pipe = StableDiffusionPipeline(
+        unet=tiny_unet(), vae=tiny_vae(),
+        text_encoder=CLIPTextModel(_text_encoder_config(32, 2, 4, 32, 1000)), tokenizer=byte_level_tokenizer(),
+        scheduler=PNDMScheduler(skip_prk_steps=True), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def save_tiny_sdxl(folder: Path) -> Path:
+    """SDXL-shaped: two text encoders, time-conditioned UNet; 64x64 native size."""
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=80,
+        cross_attention_dim=64,
+    )
+    pipe = StableDiffusionXLPipeline(
+        unet=unet, vae=tiny_vae(), scheduler=EulerDiscreteScheduler(),
+        text_encoder=CLIPTextModel(_text_encoder_config(32, 2, 4, 32, 1000)), tokenizer=byte_level_tokenizer(),
+        text_encoder_2=CLIPTextModelWithProjection(_text_encoder_config(32, 2, 4, 32, 1000)),
+        tokenizer_2=byte_level_tokenizer(),
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def save_sd15_sized(folder: Path, dtype: torch.dtype = torch.float16) -> Path:
+    """Stable Diffusion 1.5's real architecture (about 1.07 B parameters) with random weights."""
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=64, cross_attention_dim=768, attention_head_dim=8,
+        block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512), latent_channels=4, layers_per_block=2, sample_size=512,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    )
+    text_encoder = CLIPTextModel(_text_encoder_config(768, 12, 12, 768, 49408))
+    pipe = StableDiffusionPipeline(
+        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=byte_level_tokenizer(49408),
+        scheduler=PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                skip_prk_steps=True, steps_offset=1),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.to(dtype).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def save_tiny_controlnet(folder: Path) -> Path:
+    torch.manual_seed(0)
+    ControlNetModel.from_unet(tiny_unet(), conditioning_embedding_out_channels=(16, 32)).save_pretrained(folder)
+    return folder

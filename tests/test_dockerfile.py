@@ -1,0 +1,93 @@
+"""Docker cannot run here: check the Dockerfile's structure, and that its RUN steps are the commands tests run."""
+
+import ast
+import re
+from pathlib import Path
+
+from conftest import ROOT
+
+
+def instructions() -> list[tuple[str, str]]:
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
+
+
+def index(keyword: str, pattern: str) -> int:
+    for i, (kw, args) in enumerate(instructions()):
+        if kw == keyword and re.search(pattern, args):
+            return i
+    raise AssertionError(f"no {keyword} matching {pattern!r} in the Dockerfile")
+
+
+def test_base_image_is_a_cuda_pytorch_image():
+    kw, image = instructions()[0]
+    assert kw == "FROM" and re.fullmatch(r"pytorch/pytorch:2\.\d+\.\d+-cuda12\.\d+-cudnn9-runtime", image)
+
+
+def test_model_id_build_argument_reaches_download_py():
+    arg = index("ARG", r"^MODEL_ID=prompthero/openjourney-v4$")
+    env = index("ENV", r"^MODEL_ID=\$\{MODEL_ID\}$")
+    run = index("RUN", r"python3 download\.py$")
+    assert arg < env < run
+
+
+def test_layers_are_ordered_so_a_code_change_does_not_download_again():
+    deps = index("RUN", r"^pip install -r requirements\.txt$")
+    download = index("RUN", r"python3 download\.py$")
+    copy_all = index("COPY", r"^\. \.$")
+    assert deps < download < copy_all
+    assert index("ENV", r"HF_HUB_OFFLINE=1") > download
+
+
+def test_download_py_has_every_module_it_imports_copied_before_it_runs():
+    copied = " ".join(args for kw, args in instructions()[: index("RUN", r"download\.py")] if kw == "COPY")
+    for module in local_imports(ROOT / "download.py"):
+        assert str(module.relative_to(ROOT)) in copied, module
+
+
+def test_token_is_a_build_secret_not_an_argument():
+    assert not any(kw == "ARG" and "TOKEN" in args for kw, args in instructions())
+    assert "--mount=type=secret,id=HF_TOKEN,env=HF_TOKEN" in instructions()[index("RUN", r"download\.py")][1]
+
+
+def test_serves_potassium_on_8000_with_a_healthcheck():
+    assert index("EXPOSE", r"^8000$") >= 0
+    assert index("HEALTHCHECK", r"127\.0\.0\.1:8000/__status__") >= 0
+    assert instructions()[-1] == ("CMD", '["python3", "-u", "app.py"]')
+
+
+def test_run_steps_are_what_setup_and_tests_run():
+    makefile = (ROOT / "Makefile").read_text()
+    assert "-r requirements.txt" in makefile
+    assert '"download.py"' in (ROOT / "tests" / "test_download.py").read_text()
+
+
+def test_dockerignore_keeps_local_state_out_of_the_image():
+    ignored = set((ROOT / ".dockerignore").read_text().split())
+    assert {".git", ".venv", "models", "tests"} <= ignored
+
+
+def local_imports(script: Path) -> set[Path]:
+    """The project's own modules a script imports, followed transitively."""
+    found, todo = set(), [script]
+    while todo:
+        tree = ast.parse(todo.pop().read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            elif isinstance(node, ast.ImportFrom) and node.level == 1:
+                names = [f"serverless_sd.{node.module}" if node.module else "serverless_sd"]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            for name in names:
+                path = ROOT / (name.replace(".", "/") + ".py")
+                package = ROOT / name.replace(".", "/") / "__init__.py"
+                for candidate in (path, package):
+                    if candidate.is_file() and candidate not in found:
+                        found.add(candidate)
+                        todo.append(candidate)
+                if name.startswith("serverless_sd."):
+                    found.add(ROOT / "serverless_sd" / "__init__.py")
+    return found

@@ -1,0 +1,94 @@
+"""download.py end to end against a local server that answers like the hub, then app.py loading what it baked."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+
+from conftest import ROOT, free_port
+from fake_hub import FakeHub
+
+
+@pytest.fixture(scope="module")
+def hub(models, tmp_path_factory):
+    # A repo laid out like most on the hub: fp32 and fp16 safetensors, plus legacy .bin duplicates.
+    repo = tmp_path_factory.mktemp("hub") / "tiny-with-variants"
+    pipe = StableDiffusionPipeline.from_pretrained(models["sd"])
+    pipe.save_pretrained(repo, safe_serialization=False)
+    pipe.save_pretrained(repo)
+    pipe.to(torch.float16).save_pretrained(repo, variant="fp16")
+    server = FakeHub()
+    server.add("acme/tiny", repo)
+    server.add("acme/fp32-only", models["sd"])
+    server.add("acme/private", models["sd"], token="hf_private_token_1")
+    server.add("acme/gated", models["sd"], gated=True)
+    yield server
+    server.close()
+
+
+def download(hub, model_id, models_dir, **env):
+    hub.downloaded.clear()
+    full_env = {**os.environ, "HF_ENDPOINT": hub.url, "MODEL_ID": model_id, "MODELS_DIR": str(models_dir), **env}
+    full_env.pop("HF_HUB_OFFLINE", None)
+    full_env.pop("HF_TOKEN", None) if "HF_TOKEN" not in env else None
+    return subprocess.run([sys.executable, "download.py"], cwd=ROOT, env=full_env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_downloads_only_the_fp16_safetensors_the_pipeline_loads_then_the_app_serves_offline(hub, tmp_path, start_app):
+    result = download(hub, "acme/tiny", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Fetching" in result.stderr  # huggingface_hub's progress bar
+    weights = [name for name in hub.downloaded if not name.endswith((".json", ".txt"))]
+    assert sorted(weights) == [
+        "text_encoder/model.fp16.safetensors",
+        "unet/diffusion_pytorch_model.fp16.safetensors",
+        "vae/diffusion_pytorch_model.fp16.safetensors",
+    ]
+    # At run time the hub is unreachable (a closed port) and switched off: the app loads what was baked.
+    app = start_app({"MODEL_ID": "acme/tiny", "MODELS_DIR": str(tmp_path), "HF_HUB_OFFLINE": "1",
+                     "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"})
+    assert app.post({"prompt": "a boat", "num_inference_steps": 1}).status_code == 200
+
+
+def test_a_repo_without_fp16_files_gets_its_fp32_safetensors(hub, tmp_path):
+    assert download(hub, "acme/fp32-only", tmp_path).returncode == 0
+    assert "unet/diffusion_pytorch_model.safetensors" in hub.downloaded
+
+
+def test_a_second_run_downloads_nothing(hub, tmp_path):
+    assert download(hub, "acme/fp32-only", tmp_path).returncode == 0
+    assert download(hub, "acme/fp32-only", tmp_path).returncode == 0
+    assert not [name for name in hub.downloaded if name.endswith(".safetensors")]
+
+
+@pytest.mark.parametrize("model_id, env, message", [
+    ("acme/missing", {}, "was not found on the Hugging Face hub"),
+    ("acme/private", {}, "pass a token that can read it as HF_TOKEN"),
+    ("acme/private", {"HF_TOKEN": "hf_wrong"}, "pass a token that can read it as HF_TOKEN"),
+    ("acme/gated", {}, "is gated"),
+])
+def test_a_repo_that_cannot_be_had_fails_the_build_with_a_clear_message(hub, tmp_path, model_id, env, message):
+    result = download(hub, model_id, tmp_path, **env)
+    assert result.returncode != 0
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert "hf_wrong" not in result.stderr + result.stdout
+
+
+def test_hf_token_is_honoured(hub, tmp_path):
+    assert download(hub, "acme/private", tmp_path, HF_TOKEN="hf_private_token_1").returncode == 0
+
+
+def test_a_local_folder_needs_no_download(models, tmp_path):
+    result = subprocess.run([sys.executable, "download.py"], cwd=ROOT, capture_output=True, text=True,
+                            env={**os.environ, "MODEL_ID": str(models["sd"]), "MODELS_DIR": str(tmp_path)})
+    assert result.returncode == 0 and "is ready in" in result.stdout and not list(tmp_path.iterdir())
+
+
+def test_the_app_refuses_to_start_without_baked_weights(start_app, tmp_path):
+    app = start_app({"MODEL_ID": "acme/never-downloaded", "MODELS_DIR": str(tmp_path)}, wait=False)
+    assert app.proc.wait(120) != 0
+    assert "run `python3 download.py` with the same MODEL_ID" in app.logs()

@@ -1,0 +1,137 @@
+"""The hardened Potassium server: every mistake is a 4xx JSON error naming the field, nothing internal leaks,
+the server keeps serving, and each request leaves one structured log line without secrets or prompts."""
+
+import json
+
+import httpx
+import pytest
+
+GOOD = {"prompt": "a lighthouse at dusk", "num_inference_steps": 1}
+
+BAD_INPUTS = [
+    ({"num_inference_steps": 1}, "prompt", "required"),
+    ({**GOOD, "prompt": ""}, "prompt", "at least 1 character"),
+    ({**GOOD, "prompt": 12}, "prompt", "valid string"),
+    ({**GOOD, "prompt": "x" * 4001}, "prompt", "at most 4000 characters"),
+    ({**GOOD, "negative_prompt": ["fog"]}, "negative_prompt", "valid string"),
+    ({**GOOD, "width": "512"}, "width", "valid integer"),
+    ({**GOOD, "width": 500}, "width", "multiple of 8"),
+    ({**GOOD, "height": 32}, "height", "between 64 and 2048"),
+    ({**GOOD, "width": 4096}, "width", "between 64 and 2048"),
+    ({**GOOD, "width": 64.5}, "width", "valid integer"),
+    ({**GOOD, "width": 2048, "height": 2048}, "width, height", "over the budget"),
+    ({**GOOD, "num_inference_steps": 0}, "num_inference_steps", "greater than or equal to 1"),
+    ({**GOOD, "num_inference_steps": 151}, "num_inference_steps", "at most 150"),
+    ({**GOOD, "num_inference_steps": True}, "num_inference_steps", "valid integer"),
+    ({**GOOD, "guidance_scale": "high"}, "guidance_scale", "valid number"),
+    ({**GOOD, "guidance_scale": 31}, "guidance_scale", "less than or equal to 30"),
+    ({**GOOD, "seed": -1}, "seed", "greater than or equal to 0"),
+    ({**GOOD, "seed": 2**64}, "seed", "less than 18446744073709551616"),
+    ({**GOOD, "seed": "7"}, "seed", "valid integer"),
+    ({**GOOD, "num_images": 5}, "num_images", "at most 4"),
+    ({**GOOD, "num_images_per_prompt": 0}, "num_images_per_prompt", "greater than or equal to 1"),
+    ({**GOOD, "output_format": "gif"}, "output_format", "'png', 'jpeg' or 'webp'"),
+    ({**GOOD, "promt": "typo"}, "promt", "unknown field"),
+    ([GOOD], "modelInputs", "must be a JSON object"),
+    ("a lighthouse", "modelInputs", "must be a JSON object"),
+]
+
+
+@pytest.mark.parametrize("inputs, field, why", BAD_INPUTS)
+def test_bad_input_is_a_422_naming_the_field(sd_app, inputs, field, why):
+    response = sd_app.post(inputs)
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert f"{field}: " in body["error"] and why in body["error"], body["error"]
+    assert {"field": field, "message": body["errors"][0]["message"]} in body["errors"]
+    assert "Traceback" not in response.text
+
+
+def test_every_problem_is_reported_at_once(sd_app):
+    body = sd_app.post({"width": 7, "seed": "x"}).json()
+    assert {e["field"] for e in body["errors"]} == {"prompt", "width", "seed"}
+
+
+def test_nan_guidance_is_refused(sd_app):
+    response = httpx.post(sd_app.url, content=b'{"prompt": "a", "guidance_scale": NaN}', timeout=30)
+    assert response.status_code == 422 and "guidance_scale: " in response.json()["error"]
+
+
+@pytest.mark.parametrize("body, why", [
+    (b"", "body: empty"), (b"   ", "body: empty"), (b'{"prompt": ', "body: not valid JSON"),
+    (b"\xff\xfe", "body: not valid JSON"), (b"[" * 100_000, "body: not valid JSON"),
+    (b"null", "modelInputs: must be a JSON object, not null"),
+])
+def test_a_body_that_is_not_json_is_a_422(sd_app, body, why):
+    response = httpx.post(sd_app.url, content=body, headers={"Content-Type": "application/json"}, timeout=30)
+    assert response.status_code == 422 and response.json()["error"].startswith(why)
+
+
+def test_json_without_a_json_content_type_is_accepted(sd_app):
+    # curl -d sends application/x-www-form-urlencoded; the body is still the JSON the user meant.
+    response = httpx.post(sd_app.url, content=json.dumps(GOOD).encode(), timeout=60,
+                          headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 200, response.text
+
+
+def test_an_oversized_body_is_a_413(sd_app):
+    response = httpx.post(sd_app.url, content=b" " * (32 * 1024 * 1024 + 1), timeout=60)
+    assert response.status_code == 413 and "body: larger than" in response.json()["error"]
+
+
+@pytest.mark.parametrize("method, path, status", [("GET", "/", 405), ("POST", "/nope", 404), ("PUT", "/", 405)])
+def test_other_routes_answer_json(sd_app, method, path, status):
+    response = httpx.request(method, sd_app.url + path, json={}, timeout=30)
+    assert response.status_code == status and "error" in response.json()
+
+
+def test_the_server_keeps_serving_after_every_bad_request(sd_app):
+    for inputs, _, _ in BAD_INPUTS:
+        sd_app.post(inputs)
+    assert sd_app.post(GOOD).status_code == 200
+    assert httpx.get(sd_app.url + "/__status__").json()["gpu_available"] is True
+
+
+@pytest.fixture(scope="module")
+def fault_app(start_app, models):
+    return start_app({"MODEL_ID": str(models["sd"])}, script="tests/fault_app.py")
+
+
+@pytest.mark.parametrize("prompt, message", [
+    ("fail: oom", "out of GPU memory"), ("fail: crash", "internal error while generating"),
+])
+def test_an_internal_failure_is_a_500_without_internals_and_the_next_request_works(fault_app, prompt, message):
+    response = fault_app.post({**GOOD, "prompt": prompt})
+    assert response.status_code == 500 and message in response.json()["error"]
+    assert "internal detail" not in response.text and "Traceback" not in response.text
+    assert fault_app.post(GOOD).status_code == 200
+    failure = [e for e in fault_app.events() if e["status"] == 500][-1]
+    assert failure["error"] in ("out of memory", "RuntimeError")  # the operator's log says what happened
+
+
+def test_one_log_line_per_request_with_id_sizes_steps_images_phases_outcome(sd_app):
+    sd_app.post({**GOOD, "width": 72, "num_images": 2}, headers={"X-Banana-Request-Id": "req-log-1"})
+    sd_app.post({**GOOD, "width": 70}, headers={"X-Banana-Request-Id": "req-log-2"})
+    httpx.post(sd_app.url, content=b"{", headers={"X-Banana-Request-Id": "req-log-3"})
+    events = {e["request_id"]: e for e in sd_app.events()}
+    ok, bad, broken = events["req-log-1"], events["req-log-2"], events["req-log-3"]
+    assert ok["status"] == 200 and (ok["width"], ok["height"], ok["images"], ok["num_inference_steps"]) == (72, 64, 2, 1)
+    assert ok["inference_ms"] > 0 and ok["encode_ms"] > 0 and ok["total_ms"] >= ok["inference_ms"]
+    assert bad["status"] == 422 and bad["error"].startswith("width: ")
+    assert broken["status"] == 422 and broken["error"].startswith("body: ")
+
+
+def test_logs_hold_no_header_value_and_no_prompt(sd_app):
+    secret_headers = {"X-Banana-Api-Key": "key-5ecret-1", "Authorization": "Bearer tok-5ecret-2",
+                      "Cookie": "session=5ecret-3"}
+    sd_app.post({**GOOD, "prompt": "my private prompt text"}, headers=secret_headers)
+    sd_app.post({**GOOD, "promt": "my private prompt text"}, headers=secret_headers)
+    logs = sd_app.logs()
+    assert "5ecret" not in logs and "my private prompt text" not in logs
+    assert any(e.get("prompt_chars") == len("my private prompt text") for e in sd_app.events())
+
+
+def test_log_prompts_opt_in_logs_the_prompt(start_app, models):
+    app = start_app({"MODEL_ID": str(models["sd"]), "LOG_PROMPTS": "1"})
+    app.post({**GOOD, "prompt": "an opted-in prompt", "negative_prompt": "blur"})
+    assert app.events()[-1]["prompt"] == "an opted-in prompt" and app.events()[-1]["negative_prompt"] == "blur"
