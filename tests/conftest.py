@@ -22,34 +22,35 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-class AppProcess:
-    """`python3 app.py` (or another script) as a user starts it, on a free port, its stderr kept for the tests."""
+class Service:
+    """A process of this project as a user starts it, on a free port, its output kept for the tests."""
 
-    def __init__(self, tmp: Path, env: dict, script: str = "app.py"):
-        self.port = free_port()
+    ready_path = "/"
+
+    def __init__(self, tmp: Path, args: list[str], env: dict, port: int | None = None):
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = tmp / f"app-{self.port}.log"
-        self._log = self.log_path.open("wb")
-        full_env = {**os.environ, "PORT": str(self.port), "HOST": "127.0.0.1", "HF_HUB_OFFLINE": "1", **env}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-u", script], cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT
-        )
+        self.args, self.env = args, {**os.environ, "HF_HUB_OFFLINE": "1", **env}
+        self.log_path = tmp / f"{Path(args[0]).stem}-{self.port}.log"
+        self.start()
 
-    def wait_ready(self, timeout: float = 180) -> "AppProcess":
+    def start(self) -> None:
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen([sys.executable, "-u", *self.args], cwd=ROOT, env=self.env, stdout=self._log,
+                                     stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 180) -> "Service":
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"app exited with {self.proc.returncode}:\n{self.logs()}")
+                raise RuntimeError(f"{self.args[0]} exited with {self.proc.returncode}:\n{self.logs()}")
             try:
-                if httpx.get(f"{self.url}/__status__", timeout=2).status_code == 200:
+                if httpx.get(self.url + self.ready_path, timeout=2).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        raise TimeoutError(f"app not ready after {timeout} s:\n{self.logs()}")
-
-    def post(self, inputs, **kwargs) -> httpx.Response:
-        return httpx.post(self.url + "/", json=inputs, timeout=120, **kwargs)
+        raise TimeoutError(f"{self.args[0]} not ready after {timeout} s:\n{self.logs()}")
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -65,13 +66,71 @@ class AppProcess:
         return found
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
         self._log.close()
+
+    def kill(self) -> None:
+        """As a crash would: no chance to clean up."""
+        self.proc.kill()
+        self.proc.wait()
+        self._log.close()
+
+    def restart(self) -> "Service":
+        self.stop()
+        self.start()
+        return self.wait_ready()
+
+
+class AppProcess(Service):
+    """`python3 app.py` (or a script standing in for it)."""
+
+    ready_path = "/__status__"
+
+    def __init__(self, tmp: Path, env: dict, script: str = "app.py"):
+        port = free_port()
+        super().__init__(tmp, [script], {"PORT": str(port), "HOST": "127.0.0.1", **env}, port)
+
+    def post(self, inputs, **kwargs) -> httpx.Response:
+        return httpx.post(self.url + "/", json=inputs, timeout=120, **kwargs)
+
+
+class GatewayProcess(Service):
+    """`python3 gateway.py`, and Banana's v4 calls against it."""
+
+    ready_path = "/healthz"
+
+    def __init__(self, tmp: Path, backends: list[str], store: str, *flags: str, env: dict | None = None):
+        port = free_port()
+        args = ["gateway.py", "--port", str(port), "--store", store, *flags]
+        for backend in backends:
+            args += ["--backend", backend]
+        super().__init__(tmp, args, env or {}, port)
+
+    def call(self, route: str, body) -> dict:
+        response = httpx.post(self.url + route, json=body, timeout=120)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def start_job(self, inputs: dict, start_only: bool = True, **fields) -> dict:
+        return self.call("/start/v4/", {"apiKey": "test-key", "modelKey": "test-model", "startOnly": start_only,
+                                         "modelInputs": inputs, **fields})
+
+    def check(self, call_id: str, long_poll: bool = False) -> dict:
+        return self.call("/check/v4/", {"apiKey": "test-key", "callID": call_id, "longPoll": long_poll})
+
+    def result(self, call_id: str, timeout: float = 120) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            answer = self.check(call_id, long_poll=True)
+            if answer["finished"]:
+                return answer
+        raise TimeoutError(call_id)
 
 
 @pytest.fixture(scope="session")
@@ -97,6 +156,44 @@ def start_app(tmp_path_factory):
     yield start
     for app in started:
         app.stop()
+
+
+@pytest.fixture(scope="session")
+def start_gateway(tmp_path_factory):
+    """Start gateway processes (SQLite store in a fresh folder unless given); all stopped at the end."""
+    started: list[GatewayProcess] = []
+    tmp = tmp_path_factory.mktemp("gateways")
+
+    def start(backends: list[str], *flags: str, store: str | None = None, wait: bool = True,
+              env: dict | None = None) -> GatewayProcess:
+        store = store or f"sqlite:///{tmp_path_factory.mktemp('store')}/jobs.db"
+        gateway = GatewayProcess(tmp, backends, store, *flags, env=env)
+        started.append(gateway)
+        return gateway.wait_ready(60) if wait else gateway
+
+    yield start
+    for gateway in started:
+        gateway.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """A real redis-server on a free port, for the session."""
+    folder = tmp_path_factory.mktemp("redis")
+    port = free_port()
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
+                             "--save", "", "--appendonly", "yes"], stdout=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    yield url
+    proc.terminate()
+    proc.wait(10)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,134 @@
+"""The HTTP routes: POST /start/v4 and /check/v4 (with or without the trailing slash), Banana's fields exactly.
+
+Every failure is HTTP 200 with a message containing "error", as Banana's clients expect.
+"""
+
+import hmac
+import json
+from contextlib import asynccontextmanager
+
+import uvicorn
+from fastapi import FastAPI, Request
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr, ValidationError
+
+from .. import logs
+from . import answers
+from .config import GatewayConfig, parse_args
+from .dispatch import Dispatcher
+from .jobs import Job
+from .stores import open_store
+from .webhooks import Webhooks
+
+
+class StartBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # Banana's SDKs also send id and created
+
+    apiKey: StrictStr
+    modelKey: StrictStr
+    modelInputs: dict
+    startOnly: StrictBool = False
+    webhook: StrictStr | None = None
+
+
+class CheckBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    apiKey: StrictStr
+    callID: StrictStr
+    longPoll: StrictBool = False
+
+
+class Rejected(Exception):
+    """A request the gateway answers with an error message (and HTTP 200)."""
+
+
+def create_app(config: GatewayConfig) -> FastAPI:
+    store = open_store(config.store)
+    webhooks = Webhooks(config.webhook_hosts,
+                        config.webhook_secret.get_secret_value() if config.webhook_secret else None)
+    dispatcher = Dispatcher(store, config.backends, config.job_timeout, config.lease, config.result_ttl, webhooks)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        logs.event("gateway_ready", backends=config.backends, store=config.store.split("@")[-1])
+        await dispatcher.start()
+        yield
+        await dispatcher.stop()
+        await store.close()
+
+    app = FastAPI(title="Banana v4 gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.dispatcher = dispatcher
+
+    async def parse(request: Request, schema: type[BaseModel]) -> BaseModel:
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > config.max_body_bytes:
+            raise Rejected(f"error: body: larger than {config.max_body_bytes} bytes")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > config.max_body_bytes:
+                raise Rejected(f"error: body: larger than {config.max_body_bytes} bytes")
+        try:
+            data = json.loads(body)
+        except (ValueError, RecursionError):
+            raise Rejected("error: body: not valid JSON") from None
+        try:
+            parsed = schema.model_validate(data)
+        except ValidationError as error:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg'].lower()}"
+                                 for e in error.errors(include_url=False))
+            raise Rejected(f"error: {problems}") from None
+        if not authorized(parsed.apiKey):
+            raise Rejected("error: invalid apiKey")
+        return parsed
+
+    def authorized(api_key: str) -> bool:
+        if not config.api_keys:
+            return True  # only on loopback: parse_args refuses to listen further without keys
+        matches = [hmac.compare_digest(api_key.encode(), key.get_secret_value().encode()) for key in config.api_keys]
+        return any(matches)
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"ok": True, "backends": dispatcher.healthy}
+
+    @app.post("/start/v4")
+    @app.post("/start/v4/", include_in_schema=False)
+    async def start(request: Request) -> dict:
+        try:
+            body = await parse(request, StartBody)
+            if config.model_key and not hmac.compare_digest(body.modelKey.encode(),
+                                                            config.model_key.get_secret_value().encode()):
+                raise Rejected("error: unknown modelKey")
+            if body.webhook and (refusal := webhooks.refusal(body.webhook)):
+                raise Rejected(f"error: {refusal}")
+        except Rejected as rejection:
+            return answers.error(str(rejection))
+        job = await dispatcher.submit(Job(model_key=body.modelKey, inputs=body.modelInputs, webhook=body.webhook))
+        if not body.startOnly:
+            job = await dispatcher.wait(job.call_id, config.sync_timeout)
+        answer = answers.job_answer(job, await store.position(job))
+        if not job.done:
+            answer["message"] = ""  # Banana's start said "" until the call finished
+        return answer
+
+    @app.post("/check/v4")
+    @app.post("/check/v4/", include_in_schema=False)
+    async def check(request: Request) -> dict:
+        try:
+            body = await parse(request, CheckBody)
+        except Rejected as rejection:
+            return answers.error(str(rejection))
+        wait_s = config.long_poll if body.longPoll else 0
+        job = await dispatcher.wait(body.callID, wait_s)
+        if job is None:
+            return answers.error(f"error: callID {body.callID[:80]!r} does not exist")
+        return answers.job_answer(job, await store.position(job))
+
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    config = parse_args(argv)
+    logs.setup()
+    uvicorn.run(create_app(config), host=config.host, port=config.port, access_log=False, log_level="warning")

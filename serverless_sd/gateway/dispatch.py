@@ -1,0 +1,163 @@
+"""Dispatch: queued jobs go FIFO to the replicas, at most one in flight per replica (Potassium runs one at a time).
+
+A replica that fails mid-job is taken out until its /__status__ answers again, and the job is retried once
+(on whichever replica is free first); a job past its time limit fails with an error. While a job runs, its
+gateway renews the job's lease; a job whose lease lapses (its gateway died) is queued again by any gateway.
+"""
+
+import asyncio
+import time
+
+import httpx
+
+from .. import logs
+from .answers import job_answer
+from .jobs import Job
+from .stores import Store
+from .webhooks import Webhooks
+
+MAX_ATTEMPTS = 2
+
+
+class Dispatcher:
+    def __init__(self, store: Store, backends: list[str], job_timeout_s: float, lease_s: float,
+                 result_ttl_s: float, webhooks: Webhooks):
+        self.store = store
+        self.backends = backends
+        self.job_timeout_s = job_timeout_s
+        self.lease_s = lease_s
+        self.result_ttl_s = result_ttl_s
+        self.webhooks = webhooks
+        self.healthy: dict[str, bool] = {url: False for url in backends}
+        self._client = httpx.AsyncClient(timeout=httpx.Timeout(job_timeout_s, connect=5))
+        self._work = asyncio.Event()
+        self._finished = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self) -> None:
+        await self._ended(await self.store.recover(MAX_ATTEMPTS))
+        self._tasks = [asyncio.create_task(self._serve(url)) for url in self.backends]
+        self._tasks.append(asyncio.create_task(self._maintain()))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._client.aclose()
+
+    async def submit(self, job: Job) -> Job:
+        job = await self.store.add(job)
+        logs.event("job", call_id=job.call_id, state=job.state)
+        self._work.set()
+        return job
+
+    async def wait(self, call_id: str, timeout_s: float) -> Job | None:
+        """The job once done, or as it is when timeout_s has passed. Done elsewhere (another gateway) is seen by
+        polling the store; done here wakes the waiter at once."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            job = await self.store.get(call_id)
+            remaining = deadline - time.monotonic()
+            if job is None or job.done or remaining <= 0:
+                return job
+            try:
+                await asyncio.wait_for(self._finished.wait(), min(0.5, remaining))
+            except TimeoutError:
+                pass
+
+    async def _serve(self, url: str) -> None:
+        while True:
+            try:
+                if not await self._check(url):
+                    await asyncio.sleep(1)
+                    continue
+                job = await self.store.claim(url, self.lease_s)
+                if job is None:
+                    self._work.clear()
+                    try:
+                        await asyncio.wait_for(self._work.wait(), 0.5)
+                    except TimeoutError:
+                        pass
+                    continue
+                await self._run(job, url)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # noqa: BLE001 - a store outage must not end this replica's loop
+                logs.event("dispatch_error", backend=url, error=f"{type(error).__name__}: {error}")
+                await asyncio.sleep(1)
+
+    async def _check(self, url: str) -> bool:
+        try:
+            status = (await self._client.get(f"{url}/__status__", timeout=3)).json()
+            healthy = bool(status.get("gpu_available"))
+        except (httpx.HTTPError, ValueError):
+            healthy = False
+        if healthy != self.healthy[url]:
+            logs.event("backend", backend=url, healthy=healthy)
+        self.healthy[url] = healthy
+        return healthy
+
+    async def _run(self, job: Job, url: str) -> None:
+        logs.event("job", call_id=job.call_id, state=job.state, backend=url, attempt=job.attempts)
+        keeper = asyncio.create_task(self._keep_lease(job))
+        try:
+            response = await self._client.post(f"{url}/", json=job.inputs, headers={"X-Banana-Request-Id": job.call_id})
+        except httpx.ReadTimeout:
+            self.healthy[url] = False
+            await self._finish(job, error=f"error: the job ran past its time limit of {self.job_timeout_s:g} s")
+            return
+        except httpx.TransportError as error:
+            self.healthy[url] = False
+            logs.event("backend", backend=url, healthy=False, error=type(error).__name__)
+            if job.attempts < MAX_ATTEMPTS and await self.store.requeue(job):
+                logs.event("job", call_id=job.call_id, state="queued", retry=True)
+                self._work.set()
+            else:
+                await self._finish(job, error="error: the replica failed while running this job, twice")
+            return
+        finally:
+            keeper.cancel()
+        await self._finish(job, **_outcome(response))
+
+    async def _keep_lease(self, job: Job) -> None:
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            await self.store.renew(job, self.lease_s)
+
+    async def _finish(self, job: Job, result: dict | None = None, error: str | None = None) -> None:
+        if not await self.store.finish(job, result=result, error=error):
+            return  # no longer ours: recovered by another gateway
+        await self._ended([await self.store.get(job.call_id)])
+
+    async def _ended(self, jobs: list[Job]) -> None:
+        if not jobs:
+            return
+        self._finished.set()
+        self._finished = asyncio.Event()
+        for job in jobs:
+            logs.event("job", call_id=job.call_id, state=job.state, error=job.error, **job.timings())
+            if job.webhook:
+                self.webhooks.send(job.webhook, job_answer(job))
+
+    async def _maintain(self) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, self.lease_s / 3))
+            try:
+                await self._ended(await self.store.recover(MAX_ATTEMPTS))
+                await self._ended(await self.store.sweep(self.job_timeout_s, self.result_ttl_s, 6 * self.result_ttl_s))
+            except Exception as error:  # noqa: BLE001 - retried on the next round
+                logs.event("maintenance_error", error=f"{type(error).__name__}: {error}")
+
+
+def _outcome(response: httpx.Response) -> dict:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if response.status_code == 200 and isinstance(body, dict):
+        return {"result": body}
+    detail = body.get("error") if isinstance(body, dict) else None
+    if detail:
+        return {"error": f"error: {detail}"}
+    return {"error": f"error: the model answered HTTP {response.status_code}"}
+

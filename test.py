@@ -1,0 +1,91 @@
+"""The first client to run: generate images through Banana's v4 API (the gateway) and save them.
+
+    python3 test.py --prompt "nightclub"                 # wait for the result in the start call
+    python3 test.py --prompt "nightclub" --start-only    # start, then poll check, showing progress
+
+Reads BANANA_URL (default http://localhost:8080/), BANANA_API_KEY and BANANA_MODEL_KEY, like Banana's own SDK.
+Standard library only, so it runs with any Python 3.
+"""
+
+import argparse
+import base64
+import json
+import os
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+
+
+def post(route: str, body: dict) -> dict:
+    url = os.environ.get("BANANA_URL", "http://localhost:8080/").rstrip("/") + route
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        answer = json.loads(response.read())
+    if "error" in answer["message"].lower():
+        sys.exit(f"failed: {answer['message']}")
+    return answer
+
+
+def model_inputs(args: argparse.Namespace) -> dict:
+    names = ["prompt", "negative_prompt", "width", "height", "num_inference_steps", "guidance_scale", "seed",
+             "num_images", "output_format"]
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def wait_with_progress(api_key: str, call_id: str) -> dict:
+    started = time.monotonic()
+    while True:
+        answer = post("/check/v4/", {"apiKey": api_key, "callID": call_id, "longPoll": False})
+        if answer["message"].lower() == "success":
+            print(file=sys.stderr)
+            return answer
+        where = f"queue position {answer['queuePosition']}" if answer.get("queuePosition") is not None else answer.get("state", "running")
+        print(f"\r{call_id}: {where}, {time.monotonic() - started:.0f} s", end="", file=sys.stderr, flush=True)
+        time.sleep(1)
+
+
+def save(outputs: list[dict], out_dir: Path, call_id: str) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for output in outputs:
+        for uri, seed in zip(output.get("images", [output["image_base64"]]), output.get("seeds", [output.get("seed")])):
+            header, payload = uri.split(",", 1)
+            path = out_dir / f"{call_id}-{seed}.{EXTENSIONS[header[5:].split(';')[0]]}"
+            path.write_bytes(base64.b64decode(payload))
+            paths.append(path)
+    return paths
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prompt", default="a lighthouse on a cliff at dusk, oil painting")
+    parser.add_argument("--negative-prompt", dest="negative_prompt")
+    parser.add_argument("--width", type=int)
+    parser.add_argument("--height", type=int)
+    parser.add_argument("--steps", dest="num_inference_steps", type=int)
+    parser.add_argument("--guidance", dest="guidance_scale", type=float)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--num-images", dest="num_images", type=int)
+    parser.add_argument("--format", dest="output_format", choices=["png", "jpeg", "webp"])
+    parser.add_argument("--start-only", action="store_true", help="start, then poll check until done")
+    parser.add_argument("--out", type=Path, default=Path("outputs"), help="where images are written")
+    args = parser.parse_args()
+
+    api_key = os.environ.get("BANANA_API_KEY", "")
+    start = {"apiKey": api_key, "modelKey": os.environ.get("BANANA_MODEL_KEY", ""),
+             "startOnly": args.start_only, "modelInputs": model_inputs(args)}
+    try:
+        answer = post("/start/v4/", start)
+        if not answer["finished"]:
+            answer = wait_with_progress(api_key, answer["callID"])
+    except OSError as error:
+        sys.exit(f"failed: cannot reach {os.environ.get('BANANA_URL', 'http://localhost:8080/')}: {error}")
+    for path in save(answer["modelOutputs"], args.out, answer.get("callID", "call")):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()

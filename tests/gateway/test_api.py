@@ -1,0 +1,120 @@
+"""Banana's v4 start/check, served by gateway.py in front of a real app.py, checked field by field."""
+
+import re
+
+import httpx
+import pytest
+
+FAST = {"prompt": "a lighthouse", "num_inference_steps": 1}
+SLOW = {"prompt": "a lighthouse", "num_inference_steps": 60}  # about 3 s on the tiny model here
+KEYS = ("--api-key", "test-key", "--api-key", "second-key", "--model-key", "test-model")
+
+
+@pytest.fixture(scope="module")
+def gateway(start_gateway, sd_app):
+    return start_gateway([sd_app.url], *KEYS)
+
+
+def assert_envelope(answer: dict) -> None:
+    assert re.fullmatch(r"[0-9a-f-]{36}", answer["id"])
+    assert isinstance(answer["created"], int) and answer["apiVersion"] == "January 11, 2023"
+
+
+@pytest.mark.parametrize("route", ["/start/v4", "/start/v4/"])
+def test_start_waits_and_answers_the_apps_json(gateway, route):
+    answer = gateway.call(route, {"apiKey": "test-key", "modelKey": "test-model", "modelInputs": {**FAST, "seed": 3}})
+    assert_envelope(answer)
+    assert answer["message"] == "success" and answer["finished"] is True
+    assert re.fullmatch(r"call_[0-9a-f-]{36}", answer["callID"])
+    [output] = answer["modelOutputs"]
+    assert output["image_base64"].startswith("data:image/png;base64,") and output["seeds"] == [3]
+    assert answer["state"] == "succeeded" and answer["timings"]["run_s"] > 0
+
+
+def test_start_only_answers_at_once_and_check_long_polls_the_result(gateway):
+    started = gateway.start_job(FAST)
+    assert_envelope(started)
+    assert (started["message"], started["finished"], started["modelOutputs"]) == ("", False, None)
+    assert started["state"] in ("queued", "running")
+    for route in ("/check/v4", "/check/v4/"):
+        checked = gateway.call(route, {"apiKey": "test-key", "callID": started["callID"], "longPoll": True})
+        assert_envelope(checked)
+        assert checked["message"] == "success" and checked["modelOutputs"][0]["image_base64"]
+
+
+def test_check_without_long_poll_says_running(gateway):
+    started = gateway.start_job(SLOW)
+    answer = gateway.check(started["callID"])
+    assert answer["message"] == "running" and answer["modelOutputs"] is None and answer["finished"] is False
+    assert gateway.result(started["callID"])["message"] == "success"
+
+
+def test_a_second_api_key_works_too(gateway):
+    answer = gateway.call("/start/v4", {"apiKey": "second-key", "modelKey": "test-model", "modelInputs": FAST})
+    assert answer["message"] == "success"
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"apiKey": "wrong", "modelKey": "test-model", "modelInputs": FAST}, "error: invalid apiKey"),
+    ({"apiKey": "", "modelKey": "test-model", "modelInputs": FAST}, "error: invalid apiKey"),
+    ({"apiKey": "test-key", "modelKey": "other", "modelInputs": FAST}, "error: unknown modelKey"),
+    ({"apiKey": "test-key", "modelKey": "test-model"}, "error: modelInputs: field required"),
+    ({"apiKey": "test-key", "modelKey": "test-model", "modelInputs": []}, "error: modelInputs: input should be a valid dictionary"),
+    ({"apiKey": "test-key", "modelKey": "test-model", "modelInputs": FAST, "startOnly": "yes"}, "error: startOnly: input should be a valid boolean"),
+    ({"modelKey": "test-model", "modelInputs": FAST}, "error: apiKey: field required"),
+    ([1, 2], "error: body: input should be a valid dictionary"),
+    ({"apiKey": "test-key", "modelKey": "test-model", "modelInputs": {**FAST, "width": 500}},
+     "error: width: must be a multiple of 8 (got 500; try 496)"),
+    ({"apiKey": "test-key", "modelKey": "test-model", "modelInputs": {"promt": "x"}}, "error: prompt: required"),
+])
+def test_start_failures_are_200_with_an_error_message(gateway, body, message):
+    answer = gateway.call("/start/v4/", body)
+    assert message in answer["message"], answer["message"]
+    assert answer["modelOutputs"] is None
+    assert_envelope(answer)
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"apiKey": "test-key", "callID": "call_does-not-exist"}, "error: callID 'call_does-not-exist' does not exist"),
+    ({"apiKey": "wrong", "callID": "call_x"}, "error: invalid apiKey"),
+    ({"apiKey": "test-key"}, "error: callID: field required"),
+    ({"apiKey": "test-key", "callID": "call_x", "longPoll": 1}, "error: longPoll: input should be a valid boolean"),
+])
+def test_check_failures_are_200_with_an_error_message(gateway, body, message):
+    assert message in gateway.call("/check/v4/", body)["message"]
+
+
+@pytest.mark.parametrize("content", [b"", b"{", b"\xff", b"[" * 100_000])
+def test_malformed_bodies_are_200_with_an_error_message(gateway, content):
+    for route in ("/start/v4/", "/check/v4/"):
+        response = httpx.post(gateway.url + route, content=content, timeout=30)
+        assert response.status_code == 200 and response.json()["message"] == "error: body: not valid JSON"
+
+
+def test_an_oversized_body_is_refused_before_it_is_read(start_gateway, sd_app):
+    small = start_gateway([sd_app.url], "--max-body-bytes", "4096")
+    response = httpx.post(small.url + "/start/v4", content=b"x" * 5000, timeout=30)
+    assert response.json()["message"] == "error: body: larger than 4096 bytes"
+
+
+def test_the_failed_job_is_also_reported_by_check(gateway):
+    started = gateway.start_job({**FAST, "height": 33})
+    answer = gateway.result(started["callID"])
+    assert answer["finished"] and "error: height: must be a multiple of 8" in answer["message"]
+
+
+def test_queue_position_is_reported_while_queued(gateway):
+    calls = [gateway.start_job({**SLOW, "num_inference_steps": 30})["callID"] for _ in range(3)]
+    positions = [gateway.check(call_id).get("queuePosition") for call_id in calls]
+    assert positions[-1] is not None and positions[-1] >= 1
+    for call_id in calls:
+        assert gateway.result(call_id)["message"] == "success"
+
+
+def test_no_key_and_no_prompt_in_the_gateways_logs(gateway):
+    gateway.call("/start/v4/", {"apiKey": "test-key", "modelKey": "test-model",
+                                "modelInputs": {**FAST, "prompt": "my secret prompt"}})
+    gateway.call("/start/v4/", {"apiKey": "attacker-guess", "modelKey": "test-model", "modelInputs": FAST})
+    logs = gateway.logs()
+    assert "test-key" not in logs and "attacker-guess" not in logs and "my secret prompt" not in logs
+    assert '"event": "job"' in logs
