@@ -1,19 +1,28 @@
-# make setup: install everything into .venv/ (idempotent). make test: the whole suite. make serve: run the template.
+# make setup: install everything into .venv/ (idempotent). make test: the whole suite.
+# make serve: the app (MODEL_ID, default prompthero/openjourney-v4) and the Banana v4 gateway in front of it.
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# PyTorch's CPU build for this machine; a CUDA machine already has its torch, or install the CUDA build yourself.
+# PyTorch's CPU build for this machine; on a CUDA machine install the CUDA build into .venv first, and it is kept.
 TORCH := torch==2.13.0
+# Banana's own SDKs, each in a folder of its own (both are the package banana_dev), for the client tests.
+SDKS := 4.0.0 6.3.0
+APP_PORT ?= 8000
+GATEWAY_PORT ?= 8080
 
 .PHONY: setup test serve download clean
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt Makefile
+$(STAMP): requirements.txt requirements-dev.txt package.json package-lock.json Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
+	for v in $(SDKS); do $(PY) -m pip install -q --no-deps --upgrade --target $(VENV)/sdk/banana-dev-$${v%%.*} banana-dev==$$v; done
+	command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }
+	command -v npm >/dev/null || { apt-get update -qq && apt-get install -y -qq nodejs npm; }
+	npm ci --no-audit --no-fund --loglevel=error
 	touch $(STAMP)
 
 test: setup
@@ -22,8 +31,11 @@ test: setup
 download: setup
 	$(PY) download.py
 
+# The app on APP_PORT, the gateway on GATEWAY_PORT (loopback; see README to open it up with API keys).
 serve: download
-	$(PY) app.py
+	trap 'kill 0' EXIT; \
+	PORT=$(APP_PORT) HOST=127.0.0.1 $(PY) app.py & \
+	$(PY) gateway.py --port $(GATEWAY_PORT) --backend http://127.0.0.1:$(APP_PORT)
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) node_modules .pytest_cache

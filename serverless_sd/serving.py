@@ -9,6 +9,7 @@
 import functools
 import gc
 import json
+import logging
 import time
 import traceback
 from typing import Callable
@@ -25,6 +26,7 @@ from .weights import WeightsError
 
 # 422, not 400: Banana's 5.x/6.x clients retry a 400 ("over quota") for up to 5 minutes.
 INPUT_ERROR_STATUS = 422
+STATUS_ROUTES = ("GET /__status__ ", "GET /_k/status ")
 
 
 def endpoint(settings: Settings) -> Callable:
@@ -77,6 +79,9 @@ def serve(app: Potassium, settings: Settings) -> None:
 
 def _harden(flask_app: Flask, settings: Settings) -> None:
     flask_app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    # Load balancers poll the status routes every second or so: not worth a log line each.
+    logging.getLogger("werkzeug").addFilter(
+        lambda record: not any(route in record.getMessage() for route in STATUS_ROUTES))
 
     @flask_app.before_request
     def parse_json_body():

@@ -87,6 +87,7 @@ class Dispatcher:
                 await asyncio.sleep(1)
 
     async def _check(self, url: str) -> bool:
+        """Is the replica up and idle? Asked before every claim: another gateway may have given it a job."""
         try:
             status = (await self._client.get(f"{url}/__status__", timeout=3)).json()
             healthy = bool(status.get("gpu_available"))

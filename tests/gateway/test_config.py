@@ -1,0 +1,41 @@
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from serverless_sd.gateway.config import parse_args
+
+
+def test_defaults():
+    config = parse_args(["--backend", "http://127.0.0.1:8000/"])
+    assert (config.host, config.port, config.store) == ("127.0.0.1", 8080, "sqlite:///gateway.db")
+    assert (config.sync_timeout, config.long_poll, config.job_timeout, config.result_ttl) == (60, 50, 300, 86400)
+    assert config.backends == ["http://127.0.0.1:8000"]
+
+
+def test_environment_defaults(monkeypatch):
+    monkeypatch.setenv("BANANA_API_KEYS", "a, b")
+    monkeypatch.setenv("BANANA_MODEL_KEY", "m")
+    monkeypatch.setenv("BANANA_STORE", "redis://127.0.0.1:6379/0")
+    monkeypatch.setenv("BANANA_BACKENDS", "http://a:8000,http://b:8000")
+    config = parse_args([])
+    assert [k.get_secret_value() for k in config.api_keys] == ["a", "b"]
+    assert config.model_key.get_secret_value() == "m" and config.store.startswith("redis://")
+    assert config.backends == ["http://a:8000", "http://b:8000"]
+
+
+def test_listening_beyond_loopback_without_keys_is_refused_at_start():
+    result = subprocess.run([sys.executable, "gateway.py", "--host", "0.0.0.0", "--backend", "http://x:8000"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "listens beyond this machine: give --api-key" in result.stderr
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1"])
+def test_loopback_needs_no_key(host):
+    assert parse_args(["--host", host, "--backend", "http://x"]).loopback_only()
+
+
+def test_keys_are_never_printed():
+    config = parse_args(["--backend", "http://x", "--api-key", "sk-123", "--webhook-secret", "whs-456"])
+    assert "sk-123" not in repr(config) and "whs-456" not in repr(config)

@@ -1,0 +1,137 @@
+"""The clients users already have, unchanged, against the self-hosted gateway and app: test.py, Postman (via
+newman), and Banana's own Python SDKs (banana-dev 4.x through the gateway, 6.x straight to a replica)."""
+
+import base64
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from PIL import Image
+
+from conftest import ROOT
+
+FAST = {"prompt": "a lighthouse", "num_inference_steps": 1}
+KEYS = ("--api-key", "test-key", "--model-key", "test-model")
+
+
+@pytest.fixture(scope="module")
+def gateway(start_gateway, sd_app):
+    return start_gateway([sd_app.url], *KEYS)
+
+
+def run(args: list[str], env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout)
+
+
+def client_env(gateway, api_key: str = "test-key") -> dict:
+    return {"BANANA_URL": gateway.url + "/", "BANANA_API_KEY": api_key, "BANANA_MODEL_KEY": "test-model"}
+
+
+@pytest.mark.parametrize("mode", [[], ["--start-only"]])
+def test_test_py_writes_every_image_as_a_png_and_prints_its_path(gateway, tmp_path, mode):
+    result = run([sys.executable, "test.py", "--steps", "1", "--num-images", "2", "--seed", "9",
+                  "--out", str(tmp_path), *mode], client_env(gateway))
+    assert result.returncode == 0, result.stderr
+    paths = result.stdout.split()
+    assert sorted(path.rsplit("-", 1)[1] for path in paths) == ["10.png", "9.png"]
+    for path in paths:
+        image = Image.open(path)
+        assert image.format == "PNG" and image.size == (64, 64)
+
+
+def test_test_py_shows_progress_while_it_waits(gateway, tmp_path):
+    result = run([sys.executable, "test.py", "--steps", "60", "--start-only", "--out", str(tmp_path)],
+                 client_env(gateway))
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"call_[0-9a-f-]{36}: (queue position \d+|running|queued), \d+ s", result.stderr)
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["--width", "500"], {}, "failed: error: width: must be a multiple of 8"),
+    ([], {"BANANA_API_KEY": "wrong"}, "failed: error: invalid apiKey"),
+    ([], {"BANANA_URL": "http://127.0.0.1:9/"}, "failed: cannot reach"),
+])
+def test_test_py_exits_non_zero_with_the_servers_message(gateway, tmp_path, args, env, message):
+    result = run([sys.executable, "test.py", "--steps", "1", "--out", str(tmp_path), *args],
+                 {**client_env(gateway), **env})
+    assert result.returncode != 0 and message in result.stderr and not list(tmp_path.iterdir())
+
+
+def newman(gateway, api_key: str) -> subprocess.CompletedProcess:
+    return run([str(ROOT / "node_modules" / ".bin" / "newman"), "run", "postman_collection.json", "--env-var",
+                f"baseUrl={gateway.url}", "--env-var", f"apiKey={api_key}", "--env-var", "modelKey=test-model",
+                "--reporters", "cli"], {})
+
+
+def test_the_postman_collection_runs_green_under_newman(gateway):
+    result = newman(gateway, "test-key")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "Start (wait for result)" in result.stdout and "Check" in result.stdout
+
+
+def test_the_postman_collection_fails_on_an_error_message(gateway):
+    result = newman(gateway, "not-the-key")
+    assert result.returncode != 0 and "no error" in result.stdout
+
+
+def test_the_postman_collection_is_v2_1_with_the_documented_variables():
+    collection = json.loads((ROOT / "postman_collection.json").read_text())
+    assert collection["info"]["schema"].endswith("/v2.1.0/collection.json")
+    assert {v["key"] for v in collection["variable"]} >= {"baseUrl", "apiKey", "modelKey", "callID"}
+    assert [item["name"] for item in collection["item"]][:3] == ["Start (wait for result)", "Start (startOnly)", "Check"]
+
+
+def sdk(version: int, code: str, env: dict) -> subprocess.CompletedProcess:
+    sdk_path = ROOT / ".venv" / "sdk" / f"banana-dev-{version}"
+    return run([sys.executable, "-c", textwrap.dedent(code)], {**env, "PYTHONPATH": str(sdk_path)}, timeout=120)
+
+
+def test_banana_dev_4_run_start_and_check_through_the_gateway(gateway):
+    result = sdk(4, f"""
+        import json, banana_dev as banana
+        out = banana.run("test-key", "test-model", {json.dumps(FAST)})
+        call_id = banana.start("test-key", "test-model", {json.dumps({**FAST, "seed": 5})})
+        while (checked := banana.check("test-key", call_id))["message"] != "success":
+            pass
+        print(json.dumps({{"run": out, "check": checked}}))
+    """, {"BANANA_URL": gateway.url + "/"})
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout.splitlines()[-1])
+    assert answer["run"]["message"] == "success" and answer["run"]["modelOutputs"][0]["image_base64"]
+    assert answer["check"]["modelOutputs"][0]["seeds"] == [5]
+
+
+def test_banana_dev_4_raises_the_gateways_error_message(gateway):
+    result = sdk(4, f"""
+        import banana_dev as banana
+        banana.run("test-key", "test-model", {{"prompt": "a", "width": 500}})
+    """, {"BANANA_URL": gateway.url + "/"})
+    assert result.returncode != 0 and "error: width: must be a multiple of 8" in result.stderr
+
+
+def test_banana_dev_6_client_calls_a_replica_directly(sd_app):
+    result = sdk(6, f"""
+        import json
+        from banana_dev import Client
+        out, meta = Client(api_key="any", url="{sd_app.url}", verbosity="INFO").call("/", {json.dumps(FAST)})
+        warm, _ = Client(api_key="any", url="{sd_app.url}", verbosity="INFO").warmup()
+        print(json.dumps({{"out": out, "warm": warm}}))
+    """, {})
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout.splitlines()[-1])
+    assert answer["out"]["image_base64"].startswith("data:image/png;base64,") and answer["warm"] == {"warm": True}
+
+
+def test_banana_dev_6_raises_at_once_on_a_bad_input_instead_of_retrying(sd_app):
+    started = time.monotonic()
+    result = sdk(6, f"""
+        from banana_dev import Client
+        Client(api_key="any", url="{sd_app.url}", verbosity="INFO").call("/", {{"prompt": "a", "width": 500}})
+    """, {})
+    assert result.returncode != 0 and "422" in result.stderr
+    assert time.monotonic() - started < 60  # a 400 would have been retried for 5 minutes
