@@ -1,0 +1,93 @@
+"""What the CPU and GPU benchmarks share: the SD-1.5-sized model, app.py and plain diffusers in their own processes."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def sd15_folder(folder: Path) -> Path:
+    """SD 1.5's architecture with random weights, fp16 safetensors (about 2 GB), built once."""
+    if not (folder / "model_index.json").exists():
+        import model_factory
+
+        model_factory.save_sd15_sized(folder)
+    return folder
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class App:
+    """python3 app.py on a free port; `cold_s` is from the process's start to /__status__ answering."""
+
+    def __init__(self, model: Path, script: str = "app.py", timeout: float = 600, **env: str):
+        self.url = f"http://127.0.0.1:{free_port()}"
+        started = time.perf_counter()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-u", script], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "MODEL_ID": str(model), "PORT": self.url.rsplit(":", 1)[1], "HOST": "127.0.0.1",
+                 "HF_HUB_OFFLINE": "1", **env},
+        )
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{script} exited: {self.proc.stderr.read()[-3000:]}")
+            if time.perf_counter() - started > timeout:
+                self.stop()
+                raise TimeoutError(f"{script} not ready after {timeout} s")
+            try:
+                urllib.request.urlopen(self.url + "/__status__", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.02)
+        self.cold_s = time.perf_counter() - started
+
+    def generate(self, **inputs) -> tuple[float, dict]:
+        body = json.dumps({"prompt": "a lighthouse at dusk", "seed": 0, **inputs}).encode()
+        started = time.perf_counter()
+        with urllib.request.urlopen(urllib.request.Request(self.url + "/", body), timeout=1800) as response:
+            answer = json.loads(response.read())
+        return time.perf_counter() - started, answer
+
+    def stop(self) -> float:
+        rss = peak_rss_mb(self.proc.pid)
+        self.proc.terminate()
+        self.proc.wait(30)
+        return rss
+
+
+def plain_diffusers(model: Path, **options) -> dict:
+    """bench/plain_diffusers.py in a fresh process: what a user gets from diffusers' defaults."""
+    args = [sys.executable, str(ROOT / "bench" / "plain_diffusers.py"), "--model", str(model)]
+    for key, value in options.items():
+        flag = f"--{key.replace('_', '-')}"
+        args += [flag] if value is True else [flag, str(value)]
+    started = time.perf_counter()
+    out = subprocess.run(args, capture_output=True, text=True, timeout=1800)
+    if out.returncode:
+        raise RuntimeError(out.stderr[-3000:])
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["process_s"] = time.perf_counter() - started
+    return result
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]

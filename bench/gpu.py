@@ -1,0 +1,78 @@
+"""The GPU benchmark, in one device call: plain diffusers fp32 and fp16 against this app's default and COMPILE=1.
+
+SD-1.5-sized model with random weights, 512x512, 50 steps, one image. Run through bench/gpu.sh (which carries the
+wheels the GPU machine lacks). Each figure is printed and written to OUT/gpu.json as soon as it is measured.
+"""
+
+import argparse
+import json
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+from common import App, median, plain_diffusers, sd15_folder
+
+SIZE, STEPS, RUNS = 512, 50, 3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--model", type=Path, default=Path("/tmp/sd15-random"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = {"machine": {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
+                           "python": platform.python_version(),
+                           "driver": subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                                    capture_output=True, text=True).stdout.strip()},
+               "size": SIZE, "steps": STEPS}
+
+    def record(name: str, value) -> None:
+        results[name] = value
+        (args.out / "gpu.json").write_text(json.dumps(results, indent=2))
+        print(name, json.dumps(value), flush=True)
+
+    started = time.perf_counter()
+    model = sd15_folder(args.model)
+    record("build_s", time.perf_counter() - started)
+
+    def safely(name, measure):
+        try:
+            record(name, measure())
+        except Exception as error:  # noqa: BLE001 - keep the other figures
+            record(name, {"error": f"{type(error).__name__}: {error}"[-2000:]})
+
+    safely("bare_cold_start", lambda: plain_diffusers(model, device="cuda", dtype="float16", load_only=True))
+    for dtype in ("float32", "float16"):
+        safely(f"plain_{dtype}", lambda: summarize(plain_diffusers(
+            model, device="cuda", dtype=dtype, size=SIZE, steps=STEPS, runs=RUNS)))
+    safely("app_default", lambda: measure_app(model))
+    safely("app_compile", lambda: measure_app(model, COMPILE="1"))
+
+
+def summarize(plain: dict) -> dict:
+    s = median(plain["times"])
+    return {"s_per_image": s, "it_per_s": STEPS / s, "cold_s": plain["cold_s"], "peak_gpu_mb": plain["peak_gpu_mb"]}
+
+
+def measure_app(model: Path, **env: str) -> dict:
+    app = App(model, timeout=420, **env)
+    try:
+        first, _ = app.generate(width=SIZE, height=SIZE, num_inference_steps=STEPS)
+        walls, inference = [], []
+        for _ in range(RUNS):
+            wall, answer = app.generate(width=SIZE, height=SIZE, num_inference_steps=STEPS)
+            walls.append(wall)
+            inference.append(answer["timings"]["inference_ms"] / 1000)
+    finally:
+        app.stop()
+    s = median(walls)
+    return {"s_per_image": s, "it_per_s": STEPS / median(inference), "pipeline_s": median(inference),
+            "first_request_s": first, "cold_s": app.cold_s}
+
+
+if __name__ == "__main__":
+    main()
