@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -40,15 +41,17 @@ class App:
 
     def __init__(self, model: Path, script: str = "app.py", timeout: float = 600, **env: str):
         self.url = f"http://127.0.0.1:{free_port()}"
+        self.log = tempfile.TemporaryFile("w+")
         started = time.perf_counter()
         self.proc = subprocess.Popen(
-            [sys.executable, "-u", script], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            [sys.executable, "-u", script], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self.log, text=True,
             env={**os.environ, "MODEL_ID": str(model), "PORT": self.url.rsplit(":", 1)[1], "HOST": "127.0.0.1",
                  "HF_HUB_OFFLINE": "1", **env},
         )
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{script} exited: {self.proc.stderr.read()[-3000:]}")
+                self.log.seek(0)
+                raise RuntimeError(f"{script} exited: {self.log.read()[-3000:]}")
             if time.perf_counter() - started > timeout:
                 self.stop()
                 raise TimeoutError(f"{script} not ready after {timeout} s")
