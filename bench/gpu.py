@@ -5,6 +5,7 @@ wheels the GPU machine lacks). Each figure is printed and written to OUT/gpu.jso
 """
 
 import argparse
+import hashlib
 import json
 import platform
 import subprocess
@@ -49,7 +50,14 @@ def main() -> None:
     for dtype in ("float32", "float16"):
         safely(f"plain_{dtype}", lambda: summarize(plain_diffusers(
             model, device="cuda", dtype=dtype, size=SIZE, steps=STEPS, runs=RUNS)))
+    safely("plain_float16_channels_last", lambda: summarize(plain_diffusers(
+        model, device="cuda", dtype="float16", size=SIZE, steps=STEPS, runs=RUNS, channels_last=True)))
     safely("app_default", lambda: measure_app(model))
+    safely("app_without_cuda_graphs", lambda: measure_app(model, CUDA_GRAPHS="0"))
+    if "image_sha256" in results.get("app_default", {}):
+        # CUDA graphs replay the same kernels: the image must be the same, bit for bit.
+        record("cuda_graphs_same_image", results["app_default"]["image_sha256"]
+               == results["app_without_cuda_graphs"].get("image_sha256"))
     safely("app_compile", lambda: measure_app(model, COMPILE="1"))
 
 
@@ -71,7 +79,8 @@ def measure_app(model: Path, **env: str) -> dict:
         app.stop()
     s = median(walls)
     return {"s_per_image": s, "it_per_s": STEPS / median(inference), "pipeline_s": median(inference),
-            "first_request_s": first, "cold_s": app.cold_s}
+            "first_request_s": first, "cold_s": app.cold_s,
+            "image_sha256": hashlib.sha256(answer["image_base64"].encode()).hexdigest()}
 
 
 if __name__ == "__main__":

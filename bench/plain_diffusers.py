@@ -22,6 +22,7 @@ parser.add_argument("--size", type=int, default=512)
 parser.add_argument("--steps", type=int, default=50)
 parser.add_argument("--runs", type=int, default=3)
 parser.add_argument("--load-only", action="store_true")
+parser.add_argument("--channels-last", action="store_true")
 args = parser.parse_args()
 
 dtype = getattr(torch, args.dtype)
@@ -36,6 +37,9 @@ if args.load_only:
     raise SystemExit
 
 pipe.set_progress_bar_config(disable=True)
+if args.channels_last:
+    pipe.unet.to(memory_format=torch.channels_last)
+    pipe.vae.to(memory_format=torch.channels_last)
 
 
 def run(steps: int) -> float:

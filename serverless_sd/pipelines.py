@@ -8,6 +8,7 @@ from diffusers import AutoPipelineForText2Image, DiffusionPipeline
 from PIL import Image
 
 from . import images, weights
+from .cuda_graphs import CudaGraphed
 from .schema import GenerateInputs, Limits
 from .settings import Settings
 
@@ -76,13 +77,11 @@ class StableDiffusion:
             local_files_only=True, device_map=device.type,  # weights go straight to the GPU, no CPU copy first
         )
         pipe.set_progress_bar_config(disable=True)
-        if device.type == "cuda":
-            # cuDNN's fp16 convolutions run fastest on NHWC tensors; the arithmetic is unchanged.
-            pipe.unet.to(memory_format=torch.channels_last)
-            pipe.vae.to(memory_format=torch.channels_last)
         model = cls(pipe, settings)
         if settings.compile:
             model.compile()
+        elif device.type == "cuda" and settings.cuda_graphs:
+            pipe.unet.forward = CudaGraphed(pipe.unet.forward)
         if device.type == "cuda":
             model.warm_up()
         return model
@@ -91,12 +90,14 @@ class StableDiffusion:
         """COMPILE=1: torch.compile the UNet and the VAE decoder, with CUDA graphs. The first call at each new
         size or batch compiles again (a minute or more); the warm-up at init compiles the native size, batch 1."""
         self.pipe.unet.fuse_qkv_projections()
+        self.pipe.unet.to(memory_format=torch.channels_last)
+        self.pipe.vae.to(memory_format=torch.channels_last)
         self.pipe.unet = torch.compile(self.pipe.unet, mode="reduce-overhead", fullgraph=True)
         self.pipe.vae.decode = torch.compile(self.pipe.vae.decode, mode="reduce-overhead", fullgraph=True)
 
     def warm_up(self) -> None:
-        """Run the native size once at init, so that the first caller does not pay for CUDA's and cuDNN's set-up
-        (or the compile): three steps, as CUDA graphs are recorded on the third call."""
+        """Run the native size once at init, so that the first caller does not pay for CUDA's and cuDNN's set-up,
+        the CUDA graph's capture (second call) or the compile: three steps."""
         self.generate(GenerateInputs.model_validate(
             {"prompt": "warm-up", "num_inference_steps": 3, "seed": 0}, context={"limits": self.limits}))
 

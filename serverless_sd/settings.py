@@ -20,6 +20,7 @@ class Settings(BaseModel):
     device: Literal["auto", "cuda", "cpu"] = "auto"
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     compile: bool = False
+    cuda_graphs: bool = True
     log_prompts: bool = False
     max_pixels: int = Field(1024 * 1024, ge=64 * 64)
     max_side: int = Field(2048, ge=64)
