@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # The app image: one Stable Diffusion model baked in, served by Potassium on port 8000.
 #   docker build --build-arg MODEL_ID=stabilityai/stable-diffusion-xl-base-1.0 -t sd-app .
+#   (optional: --build-arg CONTROLNET_ID=lllyasviel/sd-controlnet-canny, --build-arg SAFETY_CHECKER=off)
 #   docker run --gpus all -p 8000:8000 sd-app
 FROM pytorch/pytorch:2.9.1-cuda12.8-cudnn9-runtime
 
@@ -14,7 +15,9 @@ RUN pip install -r requirements.txt
 
 # Weights next, so that a change to the app's code does not download them again.
 ARG MODEL_ID=prompthero/openjourney-v4
-ENV MODEL_ID=${MODEL_ID}
+ARG CONTROLNET_ID=
+ARG SAFETY_CHECKER=on
+ENV MODEL_ID=${MODEL_ID} CONTROLNET_ID=${CONTROLNET_ID} SAFETY_CHECKER=${SAFETY_CHECKER}
 COPY download.py ./
 COPY serverless_sd/__init__.py serverless_sd/settings.py serverless_sd/weights.py serverless_sd/
 # A gated or private model: docker build --secret id=HF_TOKEN,env=HF_TOKEN ...  (a secret, not a build arg:

@@ -11,7 +11,7 @@ SDKS := 4.0.0 6.3.0
 APP_PORT ?= 8000
 GATEWAY_PORT ?= 8080
 
-.PHONY: setup test serve download clean
+.PHONY: setup test serve download bench clean
 
 setup: $(STAMP)
 
@@ -36,6 +36,11 @@ serve: download
 	trap 'kill 0' EXIT; \
 	PORT=$(APP_PORT) HOST=127.0.0.1 $(PY) app.py & \
 	$(PY) gateway.py --port $(GATEWAY_PORT) --backend http://127.0.0.1:$(APP_PORT)
+
+# CPU benchmark: this app against plain diffusers, side by side (builds a 2 GB random SD-1.5 model once).
+bench: setup
+	cd bench && ../$(PY) cpu.py
+	$(PY) bench/plot.py
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache

@@ -1,4 +1,4 @@
-"""Build step: fetch MODEL_ID's weights into MODELS_DIR, so that at run time nothing is downloaded.
+"""Build step: fetch MODEL_ID's weights (and CONTROLNET_ID's) into MODELS_DIR: at run time nothing is downloaded.
 
 The Dockerfile runs `python3 download.py` with the MODEL_ID build argument; run it yourself before `python3 app.py`.
 """
@@ -12,7 +12,10 @@ if __name__ == "__main__":
     settings = Settings.from_env()
     token = settings.hf_token.get_secret_value() if settings.hf_token else None
     try:
-        folder = download(settings.model_id, settings.models_dir, token)
+        folder = download(settings.model_id, settings.models_dir, token, safety_checker=settings.safety_checker)
+        print(f"download.py: {settings.model_id} is ready in {folder}")
+        if settings.controlnet_id:
+            folder = download(settings.controlnet_id, settings.models_dir, token, controlnet=True)
+            print(f"download.py: ControlNet {settings.controlnet_id} is ready in {folder}")
     except WeightsError as error:
         sys.exit(f"download.py: {error}")
-    print(f"download.py: {settings.model_id} is ready in {folder}")

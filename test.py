@@ -31,8 +31,17 @@ def post(route: str, body: dict) -> dict:
 
 def model_inputs(args: argparse.Namespace) -> dict:
     names = ["prompt", "negative_prompt", "width", "height", "num_inference_steps", "guidance_scale", "seed",
-             "num_images", "output_format"]
-    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+             "num_images", "output_format", "scheduler", "strength", "controlnet_conditioning_scale"]
+    inputs = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    for name in ("image", "mask_image", "control_image"):
+        if getattr(args, name):
+            inputs[name] = data_uri(getattr(args, name))
+    return inputs
+
+
+def data_uri(path: Path) -> str:
+    mime = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
+    return f"data:{mime.get(path.suffix.lower(), 'image/png')};base64,{base64.b64encode(path.read_bytes()).decode()}"
 
 
 def wait_with_progress(api_key: str, call_id: str) -> dict:
@@ -70,6 +79,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--num-images", dest="num_images", type=int)
     parser.add_argument("--format", dest="output_format", choices=["png", "jpeg", "webp"])
+    parser.add_argument("--scheduler", help='e.g. euler_a, dpm++_2m_karras, "DPM++ 2M Karras"')
+    parser.add_argument("--image", type=Path, help="img2img: the starting picture (PNG, JPEG or WebP file)")
+    parser.add_argument("--mask", dest="mask_image", type=Path, help="inpainting, with --image: white = repaint")
+    parser.add_argument("--strength", type=float, help="img2img/inpainting: how much to change (0-1]")
+    parser.add_argument("--control-image", dest="control_image", type=Path, help="ControlNet's conditioning image")
+    parser.add_argument("--control-scale", dest="controlnet_conditioning_scale", type=float)
     parser.add_argument("--start-only", action="store_true", help="start, then poll check until done")
     parser.add_argument("--out", type=Path, default=Path("outputs"), help="where images are written")
     args = parser.parse_args()

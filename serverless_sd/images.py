@@ -1,9 +1,9 @@
-"""Images out: encoded once, as data URIs."""
+"""Images in (decoded safely, bounded) and out (encoded once, as data URIs)."""
 
 import base64
 import io
 
-from PIL import Image
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 MIME_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 # zlib level 1: about 3x faster than PNG's default 6 on a 512x512 image, for files about 1.5x larger.
@@ -14,3 +14,45 @@ def to_data_uri(image: Image.Image, output_format: str) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format=output_format.upper(), **_SAVE_OPTIONS[output_format])
     return f"data:{MIME_TYPES[output_format]};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
+
+
+ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
+
+
+def decode(value: str, max_bytes: int, max_pixels: int) -> Image.Image:
+    """An input image from base64 or a data URI: PNG, JPEG or WebP, bounded in bytes and in pixels.
+
+    The pixel bound is checked on the header's size, before any pixel is decoded, so a decompression bomb (a small
+    file declaring a huge image) is refused without being expanded. Raises ValueError saying what is wrong.
+    """
+    payload = value
+    if value.startswith("data:"):
+        header, _, payload = value.partition(",")
+        mime = header[5:].split(";")[0]
+        if ";base64" not in header or mime not in MIME_TYPES.values():
+            raise ValueError("must be a data:image/png|jpeg|webp;base64 URI or plain base64")
+    if len(payload) > (max_bytes + 2) // 3 * 4 + 4:
+        raise ValueError(f"larger than {max_bytes} bytes")
+    try:
+        raw = base64.b64decode(payload, validate=True)
+        image = Image.open(io.BytesIO(raw), formats=ACCEPTED_FORMATS)
+    except Image.DecompressionBombError:  # Pillow's own bound, far above ours, refused at open
+        raise ValueError(f"declares more than {max_pixels} pixels") from None
+    except (ValueError, UnidentifiedImageError):
+        raise ValueError("not a base64-encoded PNG, JPEG or WebP image") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ValueError(f"declares {width}x{height}, more than {max_pixels} pixels")
+    try:
+        image.load()
+    except (OSError, Image.DecompressionBombError):
+        raise ValueError("the image data is truncated or corrupt") from None
+    return ImageOps.exif_transpose(image)
+
+
+def fit(size: tuple[int, int], budget: int, max_side: int) -> tuple[int, int]:
+    """An input image's size made usable: scaled down (keeping its shape) to fit the pixel budget and the largest
+    side, then each side rounded down to a multiple of 8, and at least 64."""
+    width, height = size
+    scale = min(1.0, (budget / (width * height)) ** 0.5, max_side / max(width, height))
+    return tuple(max(64, int(side * scale) // 8 * 8) for side in (width, height))

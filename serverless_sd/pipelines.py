@@ -4,10 +4,16 @@ import time
 from dataclasses import dataclass
 
 import torch
-from diffusers import AutoPipelineForText2Image, DiffusionPipeline
+from diffusers import (
+    AutoPipelineForImage2Image,
+    AutoPipelineForInpainting,
+    AutoPipelineForText2Image,
+    ControlNetModel,
+    DiffusionPipeline,
+)
 from PIL import Image
 
-from . import images, weights
+from . import images, schedulers, weights
 from .cuda_graphs import CudaGraphed
 from .schema import GenerateInputs, Limits
 from .settings import Settings
@@ -33,6 +39,7 @@ class Generation:
     inputs: GenerateInputs
     images: list[Image.Image]
     seeds: list[int]
+    nsfw: list[bool]
     inference_ms: float
 
     def answer(self) -> dict:
@@ -44,6 +51,8 @@ class Generation:
             "images": uris,
             "seed": self.seeds[0],
             "seeds": self.seeds,
+            "nsfw": self.nsfw,
+            "mode": self.inputs.mode,
             "width": width,
             "height": height,
             "num_inference_steps": self.inputs.num_inference_steps,
@@ -57,27 +66,47 @@ class Generation:
 
 
 class StableDiffusion:
-    """One loaded pipeline (SD 1.x, 2.x or SDXL: AutoPipeline picks the class from model_index.json)."""
+    """One loaded model (SD 1.x, 2.x or SDXL: AutoPipeline picks the class from model_index.json), and a pipeline
+    per mode sharing its weights (diffusers' from_pipe): txt2img, img2img, inpaint, and controlnet when loaded."""
 
-    def __init__(self, pipe: DiffusionPipeline, settings: Settings):
+    def __init__(self, pipe: DiffusionPipeline, settings: Settings, controlnet: ControlNetModel | None = None):
         self.pipe = pipe
-        self.device = pipe.device
+        self.model_scheduler = pipe.scheduler  # never run: each request gets a fresh scheduler built from it
+        self.modes = {
+            "txt2img": pipe,
+            "img2img": AutoPipelineForImage2Image.from_pipe(pipe),
+            "inpaint": AutoPipelineForInpainting.from_pipe(pipe),
+        }
+        if controlnet is not None:
+            self.modes["controlnet"] = AutoPipelineForText2Image.from_pipe(pipe, controlnet=controlnet)
+        for mode in self.modes.values():
+            mode.set_progress_bar_config(disable=True)
         native = pipe.unet.config.sample_size * pipe.vae_scale_factor
         self.limits = Limits(
             native_width=native, native_height=native, max_pixels=settings.max_pixels, max_side=settings.max_side,
             max_steps=settings.max_steps, max_images=settings.max_images, max_prompt_chars=settings.max_prompt_chars,
+            max_input_pixels=settings.max_input_pixels, max_image_bytes=settings.max_image_bytes,
+            controlnet=controlnet is not None,
         )
 
     @classmethod
     def load(cls, settings: Settings) -> "StableDiffusion":
-        folder = weights.locate(settings.model_id, settings.models_dir)
+        folder = weights.locate(settings.model_id, settings.models_dir, safety_checker=settings.safety_checker)
         device = choose_device(settings.device)
+        dtype = choose_dtype(settings.dtype, device)
+        no_checker = {} if settings.safety_checker else {"safety_checker": None, "requires_safety_checker": False}
         pipe = AutoPipelineForText2Image.from_pretrained(
-            folder, dtype=choose_dtype(settings.dtype, device), variant=weights.local_variant(folder),
-            local_files_only=True, device_map=device.type,  # weights go straight to the GPU, no CPU copy first
+            folder, dtype=dtype, variant=weights.local_variant(folder), local_files_only=True,
+            device_map=device.type,  # weights go straight to the GPU, no CPU copy first
+            **no_checker,
         )
-        pipe.set_progress_bar_config(disable=True)
-        model = cls(pipe, settings)
+        controlnet = None
+        if settings.controlnet_id:
+            controlnet_folder = weights.locate(settings.controlnet_id, settings.models_dir, controlnet=True)
+            controlnet = ControlNetModel.from_pretrained(
+                controlnet_folder, dtype=dtype, variant=weights.local_variant(controlnet_folder),
+                local_files_only=True, device_map=device.type)
+        model = cls(pipe, settings, controlnet)
         if settings.compile:
             model.compile()
         elif device.type == "cuda" and settings.cuda_graphs:
@@ -104,13 +133,28 @@ class StableDiffusion:
     def generate(self, inputs: GenerateInputs) -> Generation:
         width, height = inputs.size(self.limits)
         seeds = inputs.seeds()
+        pipe = self.modes[inputs.mode]
+        pipe.scheduler = schedulers.build(inputs.scheduler, self.model_scheduler)
+        options = {"width": width, "height": height}
+        if inputs.mode in ("img2img", "inpaint"):
+            # img2img pipelines take their size from the image: give it the size the caller gets.
+            options = {"image": inputs.image.convert("RGB").resize((width, height), Image.LANCZOS),
+                       "strength": inputs.strength}
+            if inputs.mode == "inpaint":
+                mask = inputs.mask_image.convert("L").resize((width, height), Image.BILINEAR)
+                options.update(mask_image=mask, width=width, height=height)
+        elif inputs.mode == "controlnet":
+            options.update(image=inputs.control_image.convert("RGB").resize((width, height), Image.LANCZOS),
+                           controlnet_conditioning_scale=inputs.controlnet_conditioning_scale)
         # CPU generators: the same seed gives the same image on any GPU or CPU.
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         started = time.perf_counter()
         with torch.inference_mode():
-            result = self.pipe(
-                prompt=inputs.prompt, negative_prompt=inputs.negative_prompt, width=width, height=height,
+            result = pipe(
+                prompt=inputs.prompt, negative_prompt=inputs.negative_prompt,
                 num_inference_steps=inputs.num_inference_steps, guidance_scale=inputs.guidance_scale,
-                num_images_per_prompt=inputs.num_images, generator=generators,
+                num_images_per_prompt=inputs.num_images, generator=generators, **options,
             )
-        return Generation(inputs, result.images, seeds, (time.perf_counter() - started) * 1000)
+        # The safety checker, where the model has one, blanks each flagged image and flags it; the rest stand.
+        nsfw = [bool(flag) for flag in (getattr(result, "nsfw_content_detected", None) or [False] * len(seeds))]
+        return Generation(inputs, result.images, seeds, nsfw, (time.perf_counter() - started) * 1000)

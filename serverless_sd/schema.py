@@ -4,10 +4,14 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from PIL import Image
 from pydantic_core import PydanticCustomError
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from . import images, schedulers
+
 SEED_LIMIT = 2**64
+OPERATOR_LIMITS = {"num_inference_steps": "max_steps", "num_images": "max_images"}  # field -> Limits attribute
 
 
 @dataclass(frozen=True)
@@ -21,6 +25,9 @@ class Limits:
     max_steps: int
     max_images: int
     max_prompt_chars: int
+    max_input_pixels: int = 4096 * 4096
+    max_image_bytes: int = 16 * 1024 * 1024
+    controlnet: bool = False
 
     @property
     def pixel_budget(self) -> int:
@@ -39,7 +46,8 @@ class InputError(ValueError):
 class GenerateInputs(BaseModel):
     """Text-to-image inputs. Strict types: "512" is not a width, true is not a step count."""
 
-    model_config = ConfigDict(strict=True, extra="forbid", populate_by_name=True, frozen=True)
+    model_config = ConfigDict(strict=True, extra="forbid", populate_by_name=True, frozen=True,
+                              arbitrary_types_allowed=True)
 
     prompt: str = Field(min_length=1)
     negative_prompt: str | None = Field(None, validation_alias=AliasChoices("negative_prompt", "negative"))
@@ -50,6 +58,30 @@ class GenerateInputs(BaseModel):
     seed: int | None = Field(None, ge=0, lt=SEED_LIMIT)
     num_images: int = Field(1, ge=1, validation_alias=AliasChoices("num_images", "num_images_per_prompt"))
     output_format: Literal["png", "jpeg", "webp"] = "png"
+    scheduler: str | None = None
+    # The mode follows from the images given: image (img2img), image + mask_image (inpainting), control_image.
+    image: Image.Image | None = None
+    mask_image: Image.Image | None = None
+    strength: float = Field(0.8, gt=0, le=1, allow_inf_nan=False)
+    control_image: Image.Image | None = None
+    controlnet_conditioning_scale: float = Field(1.0, ge=0, le=2, allow_inf_nan=False)
+
+    @field_validator("image", "mask_image", "control_image", mode="before")
+    @classmethod
+    def _decode(cls, value: Any, info: ValidationInfo) -> Image.Image | None:
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise ValueError(f"must be a base64 string or data URI (got {_json_type(value)})")
+        limits = _limits(info)
+        return images.decode(value, limits.max_image_bytes, limits.max_input_pixels)
+
+    @field_validator("scheduler")
+    @classmethod
+    def _scheduler(cls, value: str | None) -> str | None:
+        if value is not None and schedulers.canonical(value) is None:
+            raise ValueError(f"unknown scheduler {value[:40]!r} (known: {schedulers.known_names()})")
+        return value
 
     @field_validator("prompt", "negative_prompt")
     @classmethod
@@ -71,21 +103,40 @@ class GenerateInputs(BaseModel):
             raise ValueError(f"must be between 64 and {limits.max_side} (got {value})")
         return value
 
-    @field_validator("num_inference_steps")
+    @field_validator("num_inference_steps", "num_images")
     @classmethod
-    def _steps(cls, value: int, info: ValidationInfo) -> int:
-        limit = _limits(info).max_steps
+    def _operator_limit(cls, value: int, info: ValidationInfo) -> int:
+        limit = getattr(_limits(info), OPERATOR_LIMITS[info.field_name])
         if value > limit:
             raise ValueError(f"at most {limit} (got {value})")
         return value
 
-    @field_validator("num_images")
-    @classmethod
-    def _images(cls, value: int, info: ValidationInfo) -> int:
-        limit = _limits(info).max_images
-        if value > limit:
-            raise ValueError(f"at most {limit} (got {value})")
-        return value
+    @model_validator(mode="after")
+    def _mode(self, info: ValidationInfo) -> "GenerateInputs":
+        given = self.model_fields_set
+        if self.mask_image is not None and self.image is None:
+            raise _field_error("mask_image", "needs image: the picture whose white-masked part is repainted")
+        if "strength" in given and self.image is None:
+            raise _field_error("strength", "applies only with image (img2img or inpainting)")
+        if self.control_image is not None and self.image is not None:
+            raise _field_error("control_image", "cannot be combined with image; send one or the other")
+        if self.control_image is not None and not _limits(info).controlnet:
+            raise _field_error("control_image", "this deployment has no ControlNet (its operator sets CONTROLNET_ID)")
+        if "controlnet_conditioning_scale" in given and self.control_image is None:
+            raise _field_error("controlnet_conditioning_scale", "applies only with control_image")
+        if self.image is not None and int(self.num_inference_steps * self.strength) < 1:
+            # img2img runs num_inference_steps x strength steps: at least one.
+            raise _field_error("strength", f"x num_inference_steps must be at least 1 step "
+                                           f"(got {self.strength} x {self.num_inference_steps})")
+        return self
+
+    @property
+    def mode(self) -> str:
+        if self.control_image is not None:
+            return "controlnet"
+        if self.image is None:
+            return "txt2img"
+        return "inpaint" if self.mask_image is not None else "img2img"
 
     @model_validator(mode="after")
     def _pixel_budget(self, info: ValidationInfo) -> "GenerateInputs":
@@ -100,7 +151,13 @@ class GenerateInputs(BaseModel):
         return self
 
     def size(self, limits: Limits) -> tuple[int, int]:
-        return self.width or limits.native_width, self.height or limits.native_height
+        """width and height when given; else the input image's size made usable (images.fit); else native."""
+        source = self.image or self.control_image
+        if source is not None:
+            default = images.fit(source.size, limits.pixel_budget, limits.max_side)
+        else:
+            default = (limits.native_width, limits.native_height)
+        return self.width or default[0], self.height or default[1]
 
     def seeds(self) -> list[int]:
         """One seed per image; image i regenerates alone from seeds[i]."""
@@ -111,6 +168,10 @@ class GenerateInputs(BaseModel):
 
 def _limits(info: ValidationInfo) -> Limits:
     return info.context["limits"]
+
+
+def _field_error(field: str, message: str) -> PydanticCustomError:
+    return PydanticCustomError("mode", "{field}: {message}", {"field": field, "message": message})
 
 
 def parse(body: Any, limits: Limits) -> GenerateInputs:
@@ -133,6 +194,8 @@ def _describe(error: dict) -> tuple[str, str]:
         return field, "required"
     if kind == "pixel_budget":
         return "width, height", error["msg"]
+    if kind == "mode":
+        return error["ctx"]["field"], error["ctx"]["message"]
     if kind == "literal_error" and isinstance(error.get("input"), str):
         return field, f"{error['msg'][0].lower()}{error['msg'][1:]} (got {error['input'][:20]!r})"
     if kind in ("int_type", "float_type", "string_type", "bool_type", "literal_error", "int_from_float"):

@@ -13,6 +13,8 @@ class Settings(BaseModel):
     """Read from the environment variable of the same name in upper case (MODEL_ID, PORT, ...)."""
 
     model_id: str = Field("prompthero/openjourney-v4", min_length=1)
+    controlnet_id: str = ""
+    safety_checker: bool = True
     models_dir: Path = REPO_ROOT / "models"
     hf_token: SecretStr | None = None
     host: str = "0.0.0.0"
@@ -27,6 +29,8 @@ class Settings(BaseModel):
     max_steps: int = Field(150, ge=1)
     max_images: int = Field(4, ge=1)
     max_prompt_chars: int = Field(4000, ge=1)
+    max_input_pixels: int = Field(4096 * 4096, ge=64 * 64)
+    max_image_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
 
     @classmethod

@@ -3,7 +3,7 @@
 from pathlib import Path
 from typing import Iterable
 
-from huggingface_hub import get_cached_repo_tree, model_info
+from huggingface_hub import get_cached_repo_tree, model_info, snapshot_download
 from huggingface_hub.errors import (
     CachedRepoTreeNotFoundError, GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError,
 )
@@ -18,13 +18,19 @@ def fp16_variant(filenames: Iterable[str]) -> str | None:
     return "fp16" if any(name.endswith(".fp16.safetensors") for name in filenames) else None
 
 
-def download(model_id: str, models_dir: Path, token: str | None = None) -> Path:
-    """Fetch only what the pipeline loads (safetensors over .bin/.ckpt, the fp16 variant if any) into models_dir."""
+def download(model_id: str, models_dir: Path, token: str | None = None, safety_checker: bool = True,
+             controlnet: bool = False) -> Path:
+    """Fetch only what the pipeline loads (safetensors over .bin/.ckpt, the fp16 variant if any) into models_dir.
+
+    With safety_checker False the checker's weights are skipped; a ControlNet repo holds one model, not a pipeline.
+    """
     if Path(model_id).is_dir():
         return Path(model_id)
     try:
         files = [sibling.rfilename for sibling in model_info(model_id, token=token).siblings or []]
-        return _fetch(model_id, models_dir, files, token=token)
+        if controlnet:
+            return _fetch_controlnet(model_id, models_dir, files, token=token)
+        return _fetch(model_id, models_dir, files, token=token, **_skipped(safety_checker))
     except GatedRepoError:
         raise WeightsError(
             f"MODEL_ID {model_id!r} is gated: accept its terms on its Hugging Face page, then pass a token "
@@ -39,18 +45,33 @@ def download(model_id: str, models_dir: Path, token: str | None = None) -> Path:
         raise WeightsError(f"downloading MODEL_ID {model_id!r} failed: {error}") from None
 
 
-def locate(model_id: str, models_dir: Path) -> Path:
+def locate(model_id: str, models_dir: Path, safety_checker: bool = True, controlnet: bool = False) -> Path:
     """The folder to load: MODEL_ID itself when it is one, else the snapshot download() baked in. Never the network."""
     if Path(model_id).is_dir():
         return Path(model_id)
     try:
         files = [entry.path for entry in get_cached_repo_tree(model_id, cache_dir=models_dir)]
-        return _fetch(model_id, models_dir, files, local_files_only=True)
+        if controlnet:
+            return _fetch_controlnet(model_id, models_dir, files, local_files_only=True)
+        return _fetch(model_id, models_dir, files, local_files_only=True, **_skipped(safety_checker))
     except (CachedRepoTreeNotFoundError, LocalEntryNotFoundError, ValueError):
         raise WeightsError(
             f"MODEL_ID {model_id!r} is not in {models_dir}: run `python3 download.py` with the same MODEL_ID "
             "(the Dockerfile does this at build time)"
         ) from None
+
+
+def _skipped(safety_checker: bool) -> dict:
+    # diffusers downloads no component passed in explicitly.
+    return {} if safety_checker else {"safety_checker": None}
+
+
+def _fetch_controlnet(model_id: str, models_dir: Path, files: list[str], **hub_options) -> Path:
+    weights_file = next((name for name in ("diffusion_pytorch_model.fp16.safetensors",
+                                           "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+                         if name in files), "diffusion_pytorch_model.safetensors")
+    return Path(snapshot_download(model_id, cache_dir=models_dir, allow_patterns=["config.json", weights_file],
+                                  **hub_options))
 
 
 def _fetch(model_id: str, models_dir: Path, files: list[str], **hub_options) -> Path:

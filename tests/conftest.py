@@ -139,6 +139,8 @@ def models(tmp_path_factory) -> dict[str, Path]:
     return {
         "sd": model_factory.save_tiny_sd(root / "tiny-sd"),
         "sdxl": model_factory.save_tiny_sdxl(root / "tiny-sdxl"),
+        "sd_checked": model_factory.save_tiny_sd(root / "tiny-sd-with-safety-checker", safety_checker=True),
+        "controlnet": model_factory.save_tiny_controlnet(root / "tiny-controlnet"),
     }
 
 
@@ -199,6 +201,11 @@ def redis_url(tmp_path_factory):
 @pytest.fixture(scope="session")
 def sd_app(start_app, models) -> AppProcess:
     return start_app({"MODEL_ID": str(models["sd"])})
+
+
+@pytest.fixture(scope="session")
+def controlnet_app(start_app, models) -> AppProcess:
+    return start_app({"MODEL_ID": str(models["sd"]), "CONTROLNET_ID": str(models["controlnet"])})
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,15 @@ from diffusers import (
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+from transformers import (
+    CLIPConfig,
+    CLIPImageProcessor,
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+)
 
 
 def byte_level_tokenizer(vocab_size: int = 1000) -> CLIPTokenizer:
@@ -52,17 +60,33 @@ def tiny_vae() -> AutoencoderKL:
     )
 
 
-def save_tiny_sd(folder: Path) -> Path:
-    """SD-1.x-shaped: 64x64 native size (32x32 latents, VAE scale factor 2)."""
+def save_tiny_sd(folder: Path, safety_checker: bool = False) -> Path:
+    """SD-1.x-shaped: 64x64 native size (32x32 latents, VAE scale factor 2).
+
+    With safety_checker, a tiny checker whose thresholds flag every image (so that the tests see it act).
+    """
     torch.manual_seed(0)
+    checker, extractor = tiny_safety_checker() if safety_checker else (None, None)
     pipe = StableDiffusionPipeline(
         unet=tiny_unet(), vae=tiny_vae(),
         text_encoder=CLIPTextModel(_text_encoder_config(32, 2, 4, 32, 1000)), tokenizer=byte_level_tokenizer(),
-        scheduler=PNDMScheduler(skip_prk_steps=True), safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False,
+        scheduler=PNDMScheduler(skip_prk_steps=True), safety_checker=checker, feature_extractor=extractor,
+        requires_safety_checker=safety_checker,
     )
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def tiny_safety_checker() -> tuple[StableDiffusionSafetyChecker, CLIPImageProcessor]:
+    vision = {"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 2,
+              "image_size": 32, "patch_size": 4}
+    text = {"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 2,
+            "vocab_size": 1000}
+    checker = StableDiffusionSafetyChecker(CLIPConfig(text_config=text, vision_config=vision, projection_dim=32))
+    # A concept is flagged when cos(image, concept) exceeds its weight; cos > -1 always.
+    checker.concept_embeds_weights.data.fill_(-1.0)
+    extractor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return checker, extractor
 
 
 def save_tiny_sdxl(folder: Path) -> Path:
@@ -110,6 +134,12 @@ def save_sd15_sized(folder: Path, dtype: torch.dtype = torch.float16) -> Path:
 
 
 def save_tiny_controlnet(folder: Path) -> Path:
+    """A ControlNet for the tiny SD. Its zero convolutions (a real ControlNet's start) get random weights, so that
+    the control image changes the output, as a trained one does."""
     torch.manual_seed(0)
-    ControlNetModel.from_unet(tiny_unet(), conditioning_embedding_out_channels=(16, 32)).save_pretrained(folder)
+    controlnet = ControlNetModel.from_unet(tiny_unet(), conditioning_embedding_out_channels=(16, 32))
+    for block in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
+                  controlnet.controlnet_cond_embedding.conv_out]:
+        torch.nn.init.normal_(block.weight, std=0.1)
+    controlnet.save_pretrained(folder)
     return folder

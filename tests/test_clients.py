@@ -20,8 +20,8 @@ KEYS = ("--api-key", "test-key", "--model-key", "test-model")
 
 
 @pytest.fixture(scope="module")
-def gateway(start_gateway, sd_app):
-    return start_gateway([sd_app.url], *KEYS)
+def gateway(start_gateway, controlnet_app):
+    return start_gateway([controlnet_app.url], *KEYS)
 
 
 def run(args: list[str], env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -42,6 +42,21 @@ def test_test_py_writes_every_image_as_a_png_and_prints_its_path(gateway, tmp_pa
     for path in paths:
         image = Image.open(path)
         assert image.format == "PNG" and image.size == (64, 64)
+
+
+@pytest.mark.parametrize("flags", [
+    ["--image", "IMAGE", "--strength", "0.6", "--scheduler", "Euler a"],
+    ["--image", "IMAGE", "--mask", "MASK"],
+    ["--control-image", "IMAGE", "--control-scale", "0.5"],
+])
+def test_test_py_sends_images_for_each_mode(gateway, tmp_path, flags):
+    Image.new("RGB", (72, 64), (10, 200, 30)).save(tmp_path / "in.png")
+    Image.new("L", (72, 64), 255).save(tmp_path / "mask.png")
+    files = {"IMAGE": str(tmp_path / "in.png"), "MASK": str(tmp_path / "mask.png")}
+    result = run([sys.executable, "test.py", "--steps", "2", "--out", str(tmp_path / "out"),
+                  *[files.get(f, f) for f in flags]], client_env(gateway))
+    assert result.returncode == 0, result.stderr
+    assert Image.open(result.stdout.split()[0]).size == (72, 64)  # each mode takes its input image's size
 
 
 def test_test_py_shows_progress_while_it_waits(gateway, tmp_path):
@@ -71,7 +86,8 @@ def newman(gateway, api_key: str) -> subprocess.CompletedProcess:
 def test_the_postman_collection_runs_green_under_newman(gateway):
     result = newman(gateway, "test-key")
     assert result.returncode == 0, result.stdout[-3000:]
-    assert "Start (wait for result)" in result.stdout and "Check" in result.stdout
+    for name in ("Start (wait for result)", "Start (startOnly)", "Check", "Img2img", "Inpainting", "ControlNet"):
+        assert f"→ {name}" in result.stdout
 
 
 def test_the_postman_collection_fails_on_an_error_message(gateway):

@@ -4,6 +4,8 @@ import ast
 import re
 from pathlib import Path
 
+import pytest
+
 from conftest import ROOT
 
 
@@ -25,9 +27,12 @@ def test_base_image_is_a_cuda_pytorch_image():
     assert kw == "FROM" and re.fullmatch(r"pytorch/pytorch:2\.\d+\.\d+-cuda12\.\d+-cudnn9-runtime", image)
 
 
-def test_model_id_build_argument_reaches_download_py():
-    arg = index("ARG", r"^MODEL_ID=prompthero/openjourney-v4$")
-    env = index("ENV", r"^MODEL_ID=\$\{MODEL_ID\}$")
+@pytest.mark.parametrize("name, default", [
+    ("MODEL_ID", "prompthero/openjourney-v4"), ("CONTROLNET_ID", ""), ("SAFETY_CHECKER", "on"),
+])
+def test_build_arguments_reach_download_py(name, default):
+    arg = index("ARG", rf"^{name}={re.escape(default)}$")
+    env = index("ENV", rf"(^| ){name}=\$\{{{name}\}}( |$)")
     run = index("RUN", r"python3 download\.py$")
     assert arg < env < run
 

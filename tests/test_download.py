@@ -92,3 +92,25 @@ def test_the_app_refuses_to_start_without_baked_weights(start_app, tmp_path):
     app = start_app({"MODEL_ID": "acme/never-downloaded", "MODELS_DIR": str(tmp_path)}, wait=False)
     assert app.proc.wait(120) != 0
     assert "run `python3 download.py` with the same MODEL_ID" in app.logs()
+
+
+def test_safety_checker_off_skips_its_weights(hub, models, tmp_path):
+    hub.add("acme/checked", models["sd_checked"])
+    assert download(hub, "acme/checked", tmp_path / "on").returncode == 0
+    assert "safety_checker/model.safetensors" in hub.downloaded
+    assert download(hub, "acme/checked", tmp_path / "off", SAFETY_CHECKER="off").returncode == 0
+    assert not [name for name in hub.downloaded if name.startswith("safety_checker/")]
+
+
+def test_controlnet_id_is_baked_too_and_served_offline(hub, models, tmp_path, start_app):
+    hub.add("acme/controlnet", models["controlnet"])
+    result = download(hub, "acme/fp32-only", tmp_path, CONTROLNET_ID="acme/controlnet")
+    assert result.returncode == 0, result.stderr
+    assert "ControlNet acme/controlnet is ready" in result.stdout
+    assert {"config.json", "diffusion_pytorch_model.safetensors"} <= set(hub.downloaded)
+    app = start_app({"MODEL_ID": "acme/fp32-only", "CONTROLNET_ID": "acme/controlnet", "MODELS_DIR": str(tmp_path),
+                     "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"})
+    from test_modes import picture, uri
+
+    answer = app.post({"prompt": "a", "num_inference_steps": 1, "control_image": uri(picture(64, 64))})
+    assert answer.status_code == 200 and answer.json()["mode"] == "controlnet"

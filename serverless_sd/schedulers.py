@@ -1,0 +1,39 @@
+"""Samplers by name: this project's short names and AUTOMATIC1111's display names, case-insensitively.
+
+Each request gets a fresh scheduler built from the model's own scheduler config, so one request's choice (and
+a scheduler's internal state) never reaches the next.
+"""
+
+# Class names in diffusers, so that validating a name does not import diffusers.
+SCHEDULERS = {
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "ddim": ("DDIMScheduler", {}),
+    "dpm++_2m": ("DPMSolverMultistepScheduler", {}),
+    "dpm++_2m_karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+    "unipc": ("UniPCMultistepScheduler", {}),
+    "lms": ("LMSDiscreteScheduler", {}),
+    "pndm": ("PNDMScheduler", {}),
+}
+A1111_NAMES = {
+    "euler": "euler", "euler a": "euler_a", "ddim": "ddim", "dpm++ 2m": "dpm++_2m",
+    "dpm++ 2m karras": "dpm++_2m_karras", "unipc": "unipc", "lms": "lms", "plms": "pndm",
+}
+
+
+def canonical(name: str) -> str | None:
+    """The short name for any accepted spelling, or None."""
+    key = " ".join(name.lower().split())
+    return key if key in SCHEDULERS else A1111_NAMES.get(key)
+
+
+def known_names() -> str:
+    return ", ".join([*SCHEDULERS, "Euler a", "DPM++ 2M", "DPM++ 2M Karras", "PLMS"])
+
+
+def build(name: str | None, model_scheduler):
+    """A new scheduler, the named one or the model's own, configured from the model's scheduler config."""
+    import diffusers
+
+    class_name, options = SCHEDULERS[canonical(name)] if name else (type(model_scheduler).__name__, {})
+    return getattr(diffusers, class_name).from_config(model_scheduler.config, **options)

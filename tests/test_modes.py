@@ -1,0 +1,153 @@
+"""img2img, inpainting, ControlNet, schedulers and the safety checker, over HTTP, on one loaded model."""
+
+import base64
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from test_app import decode, generate, pixels
+
+FAST = {"prompt": "a lighthouse", "num_inference_steps": 4, "seed": 7}
+
+
+def uri(image: Image.Image, fmt: str = "PNG", data_uri: bool = True) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    payload = base64.b64encode(buffer.getvalue()).decode()
+    return f"data:image/{fmt.lower()};base64,{payload}" if data_uri else payload
+
+
+def picture(width: int = 96, height: int = 80, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+
+
+def mask(width: int = 96, height: int = 80, left: bool = True) -> Image.Image:
+    """White (repaint) on the left or the right half."""
+    array = np.zeros((height, width), dtype=np.uint8)
+    if left:
+        array[:, : width // 2] = 255
+    else:
+        array[:, width // 2:] = 255
+    return Image.fromarray(array)
+
+
+def differs(a: dict, b: dict) -> bool:
+    return np.abs(pixels(a["image_base64"]) - pixels(b["image_base64"])).mean() > 0.5
+
+
+def test_img2img_takes_the_input_images_size_and_each_input_changes_the_output(sd_app):
+    base = generate(sd_app, **FAST, image=uri(picture()))
+    assert base["mode"] == "img2img" and decode(base["image_base64"]).size == (96, 80)
+    assert differs(base, generate(sd_app, **FAST, image=uri(picture(seed=1))))
+    assert differs(base, generate(sd_app, **FAST, image=uri(picture()), strength=0.5))
+    assert decode(generate(sd_app, **FAST, image=uri(picture()), width=64, height=64)["image_base64"]).size == (64, 64)
+
+
+@pytest.mark.parametrize("fmt, data_uri", [("JPEG", True), ("WEBP", True), ("PNG", False)])
+def test_input_images_as_jpeg_webp_or_plain_base64(sd_app, fmt, data_uri):
+    answer = generate(sd_app, **FAST, image=uri(picture(), fmt, data_uri))
+    assert decode(answer["image_base64"]).size == (96, 80)
+
+
+def test_sizes_are_rounded_down_to_multiples_of_8_and_fitted_to_the_budget(start_app, models):
+    small_budget = start_app({"MODEL_ID": str(models["sd"]), "MAX_PIXELS": "8192"})
+    assert decode(generate(small_budget, **FAST, image=uri(picture(100, 70)))["image_base64"]).size == (96, 64)
+    # 200x100 is over 8192 pixels: scaled to 128x64 (8192) keeping its shape.
+    assert decode(generate(small_budget, **FAST, image=uri(picture(200, 100)))["image_base64"]).size == (128, 64)
+
+
+def test_inpainting_repaints_the_white_part(sd_app):
+    left = generate(sd_app, **FAST, image=uri(picture()), mask_image=uri(mask(left=True)))
+    right = generate(sd_app, **FAST, image=uri(picture()), mask_image=uri(mask(left=False)))
+    assert left["mode"] == "inpaint" and decode(left["image_base64"]).size == (96, 80)
+    assert differs(left, right)
+
+
+def test_controlnet_follows_the_control_image(controlnet_app):
+    base = generate(controlnet_app, **FAST, control_image=uri(picture(64, 64)))
+    assert base["mode"] == "controlnet" and decode(base["image_base64"]).size == (64, 64)
+    assert differs(base, generate(controlnet_app, **FAST, control_image=uri(picture(64, 64, seed=3))))
+    assert differs(base, generate(controlnet_app, **FAST, control_image=uri(picture(64, 64)),
+                                  controlnet_conditioning_scale=0.2))
+    assert generate(controlnet_app, **FAST)["mode"] == "txt2img"  # the same weights serve plain text-to-image
+
+
+def test_the_modes_share_one_copy_of_the_weights(models):
+    from serverless_sd.pipelines import StableDiffusion
+    from serverless_sd.settings import Settings
+
+    model = StableDiffusion.load(Settings(model_id=str(models["sd"]), controlnet_id=str(models["controlnet"])))
+    assert set(model.modes) == {"txt2img", "img2img", "inpaint", "controlnet"}
+    for mode in model.modes.values():
+        assert mode.unet is model.pipe.unet and mode.vae is model.pipe.vae
+        assert mode.text_encoder is model.pipe.text_encoder
+
+
+SCHEDULER_NAMES = ["euler", "euler_a", "ddim", "dpm++_2m", "dpm++_2m_karras", "unipc", "lms", "pndm",
+                   "Euler a", "DPM++ 2M Karras", "dpm++ 2m", "PLMS", "EULER"]
+
+
+@pytest.mark.parametrize("name", SCHEDULER_NAMES)
+def test_schedulers_by_name(sd_app, name):
+    assert decode(generate(sd_app, **FAST, scheduler=name)["image_base64"]).size == (64, 64)
+
+
+def test_a_scheduler_changes_the_image_and_does_not_leak_into_the_next_request(sd_app):
+    default = generate(sd_app, **FAST)
+    assert differs(default, generate(sd_app, **FAST, scheduler="euler_a"))
+    assert generate(sd_app, **FAST)["image_base64"] == default["image_base64"]
+    assert generate(sd_app, **FAST, scheduler="pndm")["image_base64"] == default["image_base64"]  # the model's own
+
+
+def test_the_safety_checker_runs_by_default_and_blanks_each_flagged_image(start_app, models):
+    checked = start_app({"MODEL_ID": str(models["sd_checked"])})
+    answer = generate(checked, **FAST, num_images=2)
+    assert answer["nsfw"] == [True, True] and len(answer["images"]) == 2
+    assert all(pixels(image).max() == 0 for image in answer["images"])
+
+
+def test_safety_checker_off(start_app, models):
+    unchecked = start_app({"MODEL_ID": str(models["sd_checked"]), "SAFETY_CHECKER": "off"})
+    answer = generate(unchecked, **FAST, num_images=2)
+    assert answer["nsfw"] == [False, False] and all(pixels(image).max() > 0 for image in answer["images"])
+
+
+def bomb() -> str:
+    """A PNG of a few KB that declares 20000x20000 pixels."""
+    return uri(Image.new("1", (20000, 20000)))
+
+
+@pytest.mark.parametrize("inputs, field, why", [
+    ({"mask_image": "MASK"}, "mask_image", "needs image"),
+    ({"strength": 0.5}, "strength", "applies only with image"),
+    ({"image": "IMAGE", "strength": 0.1, "num_inference_steps": 5}, "strength", "at least 1 step"),
+    ({"image": "IMAGE", "strength": 0}, "strength", "greater than 0"),
+    ({"image": "IMAGE", "strength": 1.5}, "strength", "less than or equal to 1"),
+    ({"control_image": "IMAGE"}, "control_image", "has no ControlNet"),
+    ({"controlnet_conditioning_scale": 0.5}, "controlnet_conditioning_scale", "applies only with control_image"),
+    ({"scheduler": "k_heun_turbo"}, "scheduler", "unknown scheduler"),
+    ({"image": "not base64!"}, "image", "not a base64-encoded PNG, JPEG or WebP image"),
+    ({"image": "data:image/gif;base64,R0lGODlhAQABAAAAACw="}, "image", "must be a data:image/png|jpeg|webp"),
+    ({"image": base64.b64encode(b"GIF89a" + b"\0" * 20).decode()}, "image", "not a base64-encoded PNG"),
+    ({"image": 12}, "image", "must be a base64 string"),
+    ({"image": "BOMB"}, "image", "more than 16777216 pixels"),
+    ({"image": "LARGE"}, "image", "declares 5000x4000, more than 16777216 pixels"),
+    ({"image": "TRUNCATED"}, "image", "truncated or corrupt"),
+])
+def test_bad_mode_inputs_are_422_naming_the_field(sd_app, inputs, field, why):
+    replacements = {"IMAGE": uri(picture()), "MASK": uri(mask()), "BOMB": bomb(), "LARGE": uri(Image.new("1", (5000, 4000))),
+                    "TRUNCATED": base64.b64encode(base64.b64decode(uri(picture(), data_uri=False))[:200]).decode()}
+    inputs = {k: replacements.get(v, v) if isinstance(v, str) else v for k, v in inputs.items()}
+    response = sd_app.post({"prompt": "a", "num_inference_steps": 2, **inputs})
+    assert response.status_code == 422, response.text
+    assert {"field": field, "message": next(e["message"] for e in response.json()["errors"] if e["field"] == field)} \
+        in response.json()["errors"]
+    assert why in response.json()["error"], response.json()["error"]
+
+
+def test_sdxl_img2img(sdxl_app):
+    answer = generate(sdxl_app, **FAST, image=uri(picture()))
+    assert answer["mode"] == "img2img" and decode(answer["image_base64"]).size == (96, 80)

@@ -1,0 +1,27 @@
+"""Loading and generation choices: the default dtype gives what fp32 gives, up to its rounding."""
+
+import numpy as np
+import torch
+
+from serverless_sd.pipelines import choose_device, choose_dtype
+from test_app import generate, pixels
+
+
+def test_dtype_choice():
+    cpu = torch.device("cpu")
+    assert choose_dtype("float32", cpu) == torch.float32
+    assert choose_dtype("auto", torch.device("cuda")) == torch.float16
+    expected = torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
+    assert choose_dtype("auto", cpu) == expected
+    assert choose_device("cpu") == cpu
+
+
+def test_the_default_dtype_stays_close_to_the_fp32_reference(start_app, models, sd_app):
+    reference = start_app({"MODEL_ID": str(models["sd"]), "DTYPE": "float32"})
+    for seed in (1, 2):
+        default = pixels(generate(sd_app, seed=seed, num_inference_steps=4)["image_base64"])
+        fp32 = pixels(generate(reference, seed=seed, num_inference_steps=4)["image_base64"])
+        difference = np.abs(default - fp32)
+        assert difference.mean() < 2 and difference.max() < 24, (difference.mean(), difference.max())
+    other_seed = pixels(generate(reference, seed=3, num_inference_steps=4)["image_base64"])
+    assert np.abs(other_seed - fp32).mean() > 10  # what "not the same image" looks like
