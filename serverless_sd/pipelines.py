@@ -121,7 +121,9 @@ class StableDiffusion:
         self.pipe.unet.fuse_qkv_projections()
         self.pipe.unet.to(memory_format=torch.channels_last)
         self.pipe.vae.to(memory_format=torch.channels_last)
-        self.pipe.unet = torch.compile(self.pipe.unet, mode="reduce-overhead", fullgraph=True)
+        unet = torch.compile(self.pipe.unet, mode="reduce-overhead", fullgraph=True)
+        for mode in self.modes.values():  # each mode's pipeline holds the UNet itself: give them all the compiled one
+            mode.unet = unet
         self.pipe.vae.decode = torch.compile(self.pipe.vae.decode, mode="reduce-overhead", fullgraph=True)
 
     def warm_up(self) -> None:
@@ -135,15 +137,14 @@ class StableDiffusion:
         seeds = inputs.seeds()
         pipe = self.modes[inputs.mode]
         pipe.scheduler = schedulers.build(inputs.scheduler, self.model_scheduler)
-        options = {"width": width, "height": height}
-        if inputs.mode in ("img2img", "inpaint"):
-            # img2img pipelines take their size from the image: give it the size the caller gets.
-            options = {"image": inputs.image.convert("RGB").resize((width, height), Image.LANCZOS),
-                       "strength": inputs.strength}
-            if inputs.mode == "inpaint":
-                mask = inputs.mask_image.convert("L").resize((width, height), Image.BILINEAR)
-                options.update(mask_image=mask, width=width, height=height)
-        elif inputs.mode == "controlnet":
+        # img2img pipelines take their size from the image, so every input image is resized to the output's size.
+        options = {} if inputs.mode == "img2img" else {"width": width, "height": height}
+        if inputs.image is not None:
+            options.update(image=inputs.image.convert("RGB").resize((width, height), Image.LANCZOS),
+                           strength=inputs.strength)
+        if inputs.mask_image is not None:
+            options["mask_image"] = inputs.mask_image.convert("L").resize((width, height), Image.BILINEAR)
+        if inputs.control_image is not None:
             options.update(image=inputs.control_image.convert("RGB").resize((width, height), Image.LANCZOS),
                            controlnet_conditioning_scale=inputs.controlnet_conditioning_scale)
         # CPU generators: the same seed gives the same image on any GPU or CPU.
