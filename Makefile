@@ -21,6 +21,7 @@ $(STAMP): requirements.txt requirements-dev.txt package.json package-lock.json M
 	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
 	for v in $(SDKS); do $(PY) -m pip install -q --no-deps --upgrade --target $(VENV)/sdk/banana-dev-$${v%%.*} banana-dev==$$v; done
 	command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }
+	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
 	command -v npm >/dev/null || { apt-get update -qq && apt-get install -y -qq nodejs npm; }
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $(STAMP)

@@ -6,9 +6,11 @@ Every failure is HTTP 200 with a message containing "error", as Banana's clients
 import hmac
 import json
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr, ValidationError
 
 from .. import logs
@@ -18,6 +20,12 @@ from .dispatch import Dispatcher
 from .jobs import Job
 from .stores import open_store
 from .webhooks import Webhooks
+
+
+PLAYGROUND = (Path(__file__).parent / "playground.html").read_text()
+# The page talks only to this gateway; its images are data: URIs.
+CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data: blob:; "
+       "connect-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'")
 
 
 class StartBody(BaseModel):
@@ -87,6 +95,10 @@ def create_app(config: GatewayConfig) -> FastAPI:
             return True  # only on loopback: parse_args refuses to listen further without keys
         matches = [hmac.compare_digest(api_key.encode(), key.get_secret_value().encode()) for key in config.api_keys]
         return any(matches)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def playground() -> HTMLResponse:
+        return HTMLResponse(PLAYGROUND, headers={"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff"})
 
     @app.get("/healthz")
     async def healthz() -> dict:

@@ -1,0 +1,112 @@
+"""The playground page served by the gateway, driven in headless Chromium (Debian's) by Playwright."""
+
+import base64
+import io
+import os
+import shutil
+
+import pytest
+from PIL import Image
+from playwright.sync_api import expect, sync_playwright
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# Flags this closed network needs (no background calls to Google's hosts), as root in a container.
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def gateway(start_gateway, controlnet_app):
+    return start_gateway([controlnet_app.url], "--api-key", "page-key")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, gateway):
+    context = browser.new_context(viewport={"width": 1100, "height": 900})
+    page = context.new_page()
+    page.goto(gateway.url + "/")
+    page.fill("#apiKey", "page-key")
+    page.dispatch_event("#apiKey", "change")
+    page.fill("#num_inference_steps", "2")
+    yield page
+    context.close()
+
+
+def test_generate_shows_the_image_with_its_seed_and_reuses_it(page, tmp_path):
+    page.fill("#prompt", "a lighthouse")
+    page.fill("#seed", "18446744073709551615")  # 2^64 - 1: must survive JavaScript's numbers
+    page.fill("#num_images", "2")
+    page.click("#generate")
+    images = page.locator("#results img")
+    expect(images).to_have_count(2, timeout=60_000)
+    assert page.evaluate("() => [...document.querySelectorAll('#results img')].map(i => i.naturalWidth)") == [64, 64]
+    expect(page.locator("#results figcaption").first).to_contain_text("seed 18446744073709551615")
+    expect(page.locator("#results figcaption").nth(1)).to_contain_text("seed 0")
+    expect(page.locator("#status")).to_contain_text("done in")
+    page.locator("#results button", has_text="Use seed").nth(1).click()
+    assert page.input_value("#seed") == "0"
+    assert page.locator("#results a", has_text="Download").first.get_attribute("download") == \
+        "image-18446744073709551615.png"
+    page.screenshot(path=str(tmp_path / "playground.png"), full_page=True)
+    if os.environ.get("UPDATE_SCREENSHOT"):
+        page.screenshot(path="images/playground.png", full_page=True)
+
+
+def test_an_api_error_shows_next_to_the_field_it_names(page):
+    page.fill("#width", "500")
+    page.click("#generate")
+    expect(page.locator('[data-error="width"]')).to_contain_text("must be a multiple of 8", timeout=30_000)
+    assert page.get_attribute("#width", "aria-invalid") == "true"
+    assert page.locator("#results img").count() == 0
+
+
+def test_a_wrong_key_is_shown_and_the_key_stays_out_of_the_page_and_url(page, gateway):
+    page.fill("#apiKey", "wrong-key")
+    page.dispatch_event("#apiKey", "change")
+    page.click("#generate")
+    expect(page.locator('[data-error="apiKey"]')).to_contain_text("invalid apiKey", timeout=30_000)
+    assert "wrong-key" not in page.url and "page-key" not in page.content().replace('value="wrong-key"', "")
+    assert page.evaluate("() => sessionStorage.getItem('apiKey')") == "wrong-key"
+
+
+def test_inpainting_with_a_mask_drawn_by_pointer(page, tmp_path):
+    picture = tmp_path / "in.png"
+    Image.new("RGB", (72, 64), (30, 120, 200)).save(picture)
+    page.set_input_files("#imageFile", str(picture))
+    page.select_option("#use", "inpaint")
+    mask = page.locator("#mask")
+    expect(mask).to_be_visible()
+    box = mask.bounding_box()
+    page.mouse.move(box["x"] + 5, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, steps=5)
+    page.mouse.up()
+    drawn = page.evaluate("() => maskImage()")
+    mask_pixels = Image.open(io.BytesIO(base64.b64decode(drawn.split(",", 1)[1]))).convert("L")
+    assert mask_pixels.getextrema() == (0, 255)  # some white (drawn), some black (kept)
+    page.click("#generate")
+    expect(page.locator("#results img")).to_have_count(1, timeout=60_000)
+    assert page.evaluate("() => document.querySelector('#results img').naturalWidth") == 72
+
+
+def test_works_on_a_phone_sized_screen_and_by_keyboard(browser, gateway):
+    context = browser.new_context(viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True)
+    page = context.new_page()
+    page.goto(gateway.url + "/")
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
+    page.focus("#apiKey")
+    page.keyboard.type("page-key")
+    page.keyboard.press("Tab")  # commits the key (change event)
+    page.fill("#num_inference_steps", "1")
+    page.focus("#generate")
+    page.keyboard.press("Enter")
+    expect(page.locator("#results img")).to_have_count(1, timeout=60_000)
+    context.close()
