@@ -3,7 +3,7 @@
 import time
 import uuid
 
-from .jobs import EXPIRED, FAILED, SUCCEEDED, Job
+from .jobs import CANCELLED, EXPIRED, FAILED, SUCCEEDED, Job
 
 API_VERSION = "January 11, 2023"
 
@@ -22,7 +22,7 @@ def error(message: str) -> dict:
 def job_answer(job: Job, queue_position: int | None = None) -> dict:
     if job.state == SUCCEEDED:
         message, outputs = "success", [job.result]
-    elif job.state in (FAILED, EXPIRED):
+    elif job.state in (FAILED, CANCELLED, EXPIRED):
         message, outputs = job.error, None
     else:
         message, outputs = "running", None

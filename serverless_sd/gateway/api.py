@@ -10,7 +10,7 @@ from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr, ValidationError
 
 from .. import logs
@@ -99,6 +99,28 @@ def create_app(config: GatewayConfig) -> FastAPI:
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def playground() -> HTMLResponse:
         return HTMLResponse(PLAYGROUND, headers={"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff"})
+
+    @app.get("/metrics", response_class=PlainTextResponse, include_in_schema=False)
+    async def metrics() -> PlainTextResponse:
+        text = dispatcher.metrics.render(await store.counts(), dispatcher.healthy)
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+    @app.post("/cancel/v4")
+    @app.post("/cancel/v4/", include_in_schema=False)
+    async def cancel(request: Request) -> dict:
+        try:
+            body = await parse(request, CheckBody)
+        except Rejected as rejection:
+            return answers.error(str(rejection))
+        job = await store.get(body.callID)
+        if job is None:
+            return answers.error(f"error: callID {body.callID[:80]!r} does not exist")
+        cancelled = await dispatcher.cancel(job)
+        if cancelled is None:
+            return answers.error(f"error: callID {body.callID[:80]!r} has already ended ({job.state})")
+        answer = answers.job_answer(cancelled)
+        answer["message"] = "cancelled"
+        return answer
 
     @app.get("/healthz")
     async def healthz() -> dict:

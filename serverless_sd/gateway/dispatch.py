@@ -14,6 +14,7 @@ from .. import logs
 from .answers import job_answer
 from .jobs import Job
 from .stores import Store
+from .metrics import Metrics
 from .webhooks import Webhooks
 
 MAX_ATTEMPTS = 2
@@ -33,6 +34,7 @@ class Dispatcher:
         self._work = asyncio.Event()
         self._finished = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
+        self.metrics = Metrics()
 
     async def start(self) -> None:
         await self._ended(await self.store.recover(MAX_ATTEMPTS))
@@ -50,6 +52,14 @@ class Dispatcher:
         logs.event("job", call_id=job.call_id, state=job.state)
         self._work.set()
         return job
+
+    async def cancel(self, job: Job) -> Job | None:
+        """Cancel a queued or running job (a running job's result is dropped when it comes); None if it ended."""
+        if not await self.store.cancel(job):
+            return None
+        cancelled = await self.store.get(job.call_id)
+        await self._ended([cancelled])
+        return cancelled
 
     async def wait(self, call_id: str, timeout_s: float) -> Job | None:
         """The job once done, or as it is when timeout_s has passed. Done elsewhere (another gateway) is seen by
@@ -137,6 +147,7 @@ class Dispatcher:
         self._finished = asyncio.Event()
         for job in jobs:
             logs.event("job", call_id=job.call_id, state=job.state, error=job.error, **job.timings())
+            self.metrics.observe(job)
             if job.webhook:
                 self.webhooks.send(job.webhook, job_answer(job))
 

@@ -1,4 +1,5 @@
-"""A job's record and its lifecycle: queued -> running -> succeeded | failed (or back to queued, once, on a retry)."""
+"""A job's record and its lifecycle: queued -> running -> succeeded | failed (or back to queued, once, on a retry);
+queued or running -> cancelled; any end -> expired, when its result is dropped."""
 
 import json
 import time
@@ -6,7 +7,8 @@ import uuid
 from dataclasses import asdict, dataclass, field, fields
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, EXPIRED = "queued", "running", "succeeded", "failed", "expired"
-DONE = (SUCCEEDED, FAILED, EXPIRED)
+CANCELLED = "cancelled"
+DONE = (SUCCEEDED, FAILED, CANCELLED, EXPIRED)
 
 
 @dataclass

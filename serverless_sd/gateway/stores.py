@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlparse
 
-from .jobs import DONE, EXPIRED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job
+from .jobs import CANCELLED, DONE, EXPIRED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job
 
 
 class Store(Protocol):
@@ -23,6 +23,9 @@ class Store(Protocol):
     async def renew(self, job: Job, lease_s: float) -> bool: ...
     async def finish(self, job: Job, result: dict | None = None, error: str | None = None) -> bool: ...
     async def requeue(self, job: Job) -> bool: ...
+    async def cancel(self, job: Job) -> bool: ...
+    async def counts(self) -> dict[tuple[str, str], int]:
+        """Jobs by (state, model key) among those the store holds."""
     async def position(self, job: Job) -> int | None: ...
     async def recover(self, max_attempts: int) -> list[Job]:
         """Queue again the running jobs whose lease lapsed; fail those tried max_attempts times. Returns those."""
@@ -43,6 +46,8 @@ def open_store(url: str) -> Store:
 _FAILED_RECOVERY = "error: the replica running this job stopped answering, and it was already tried {n} times"
 _QUEUE_TIMEOUT = "error: no replica took this job within {s:g} s; are the replicas up?"
 _EXPIRED = "error: this callID's result expired (results are kept {s:g} s after the job ends)"
+_CANCELLED = "error: this job was cancelled by the caller"
+_ENDED = [state for state in DONE if state != EXPIRED]
 
 
 class SQLiteStore:
@@ -130,6 +135,17 @@ class SQLiteStore:
     async def requeue(self, job: Job) -> bool:
         return await self._run(lambda: self._update_if(job, RUNNING, state=QUEUED, lease_until=None, backend=None))
 
+    async def cancel(self, job: Job) -> bool:
+        return job.state in (QUEUED, RUNNING) and await self._run(lambda: self._update_if(
+            job, job.state, state=CANCELLED, error=_CANCELLED, finished=time.time(), lease_until=None))
+
+    async def counts(self) -> dict[tuple[str, str], int]:
+        def step():
+            rows = self._db.execute("SELECT state, json_extract(fields, '$.model_key'), COUNT(*) FROM jobs "
+                                    "GROUP BY 1, 2").fetchall()
+            return {(state, json.loads(key)): n for state, key, n in rows}
+        return await self._run(step)
+
     async def position(self, job: Job) -> int | None:
         def step():
             if job.state != QUEUED:
@@ -161,8 +177,8 @@ class SQLiteStore:
                                    error=_QUEUE_TIMEOUT.format(s=queue_timeout_s)):
                     failed.append(self._load(call_id))
             for (call_id,) in self._db.execute(
-                "SELECT call_id FROM jobs WHERE state IN (?, ?) AND finished < ?",
-                (*[s for s in DONE if s != EXPIRED], now - result_ttl_s),
+                f"SELECT call_id FROM jobs WHERE state IN ({', '.join('?' * len(_ENDED))}) AND finished < ?",
+                (*_ENDED, now - result_ttl_s),
             ).fetchall():
                 job = self._load(call_id)
                 self._update_if(job, job.state, state=EXPIRED, result=None, inputs={},
@@ -259,6 +275,19 @@ class RedisStore:
 
     async def requeue(self, job: Job) -> bool:
         return await self._update_if(job, RUNNING, state=QUEUED, lease_until=None, backend=None)
+
+    async def cancel(self, job: Job) -> bool:
+        return job.state in (QUEUED, RUNNING) and await self._update_if(
+            job, job.state, state=CANCELLED, error=_CANCELLED, finished=time.time(), lease_until=None)
+
+    async def counts(self) -> dict[tuple[str, str], int]:
+        counts: dict[tuple[str, str], int] = {}
+        async for key in self._redis.scan_iter(match=self._prefix + "job:*", count=500):
+            state, model_key = await self._redis.hmget(key, "state", "model_key")
+            if state and model_key:
+                pair = (json.loads(state), json.loads(model_key))
+                counts[pair] = counts.get(pair, 0) + 1
+        return counts
 
     async def position(self, job: Job) -> int | None:
         return await self._redis.zrank(self._queue, job.call_id)

@@ -118,3 +118,32 @@ def test_no_key_and_no_prompt_in_the_gateways_logs(gateway):
     logs = gateway.logs()
     assert "test-key" not in logs and "attacker-guess" not in logs and "my secret prompt" not in logs
     assert '"event": "job"' in logs
+
+
+def test_cancel_a_queued_job_it_never_runs(gateway, sd_app):
+    running = gateway.start_job(SLOW)["callID"]
+    queued = gateway.start_job({**FAST, "seed": 11})["callID"]
+    answer = gateway.call("/cancel/v4", {"apiKey": "test-key", "callID": queued})
+    assert answer["message"] == "cancelled" and answer["state"] == "cancelled" and answer["finished"] is True
+    assert gateway.check(queued)["message"] == "error: this job was cancelled by the caller"
+    assert gateway.result(running)["message"] == "success"
+    assert queued not in {e["request_id"] for e in sd_app.events()}
+
+
+def test_cancel_a_running_job_its_result_is_discarded(gateway):
+    call_id = gateway.start_job(SLOW)["callID"]
+    while gateway.check(call_id)["state"] != "running":
+        pass
+    assert gateway.call("/cancel/v4/", {"apiKey": "test-key", "callID": call_id})["message"] == "cancelled"
+    assert gateway.start_job(FAST, start_only=False)["message"] == "success"  # ran after the cancelled one ended
+    answer = gateway.check(call_id)
+    assert answer["message"] == "error: this job was cancelled by the caller" and answer["modelOutputs"] is None
+
+
+@pytest.mark.parametrize("call_id, message", [("call_nope", "does not exist"), ("DONE", "has already ended")])
+def test_cancel_failures(gateway, call_id, message):
+    if call_id == "DONE":
+        call_id = gateway.start_job(FAST, start_only=False)["callID"]
+    answer = gateway.call("/cancel/v4", {"apiKey": "test-key", "callID": call_id})
+    assert answer["message"].startswith("error: ") and message in answer["message"]
+    assert "invalid apiKey" in gateway.call("/cancel/v4", {"apiKey": "x", "callID": call_id})["message"]

@@ -128,3 +128,17 @@ def test_sweep_fails_stale_queued_jobs_and_expires_old_results(store_url):
 def test_an_unknown_store_url_is_refused():
     with pytest.raises(ValueError, match="neither sqlite"):
         open_store("postgres://x")
+
+
+def test_cancel_a_queued_or_running_job(store_url):
+    async def scenario(store):
+        queued, running = await store.add(job(1)), await store.add(job(2))
+        claimed = await store.claim("b", 30)  # job(1), the first
+        assert await store.cancel(await store.get(running.call_id))
+        assert await store.claim("b", 30) is None  # the cancelled one is not handed out
+        assert await store.cancel(claimed)
+        assert not await store.finish(claimed, result={"x": 1})  # its result is dropped
+        assert (await store.get(queued.call_id)).state == "cancelled"
+        assert not await store.cancel(await store.get(queued.call_id))  # already ended
+        assert await store.counts() == {("cancelled", "m"): 2}
+    run(store_url, scenario)
