@@ -36,7 +36,8 @@ def endpoint(settings: Settings) -> Callable:
         @functools.wraps(handler)
         def wrapper(context: dict, request: Request) -> Response:
             started = time.perf_counter()
-            fields = {"request_id": str(request.id)[:64], **logs.prompt_fields(request.json, settings.log_prompts)}
+            request_id = str(request.id)[:64]  # the caller's X-Banana-Request-Id, when sent
+            fields = {"request_id": request_id, **logs.prompt_fields(request.json, settings.log_prompts)}
             try:
                 answer = handler(context, request)
                 status = 200
@@ -50,9 +51,10 @@ def endpoint(settings: Settings) -> Callable:
                 fields["error"] = "out of memory"
             except Exception as error:  # noqa: BLE001 - the caller gets no internals, the operator gets the trace
                 _free_memory()
-                status, answer = 500, {"error": f"internal error while generating (request id {request.id})"}
+                status, answer = 500, {"error": f"internal error while generating (request id {request_id})"}
                 fields["error"] = f"{type(error).__name__}"
-                fields["traceback"] = traceback.format_exc(limit=-8)
+                # Where it failed, not the exception's message: that may quote the inputs, prompt included.
+                fields["traceback"] = "".join(traceback.format_tb(error.__traceback__, limit=-8))
             total_ms = round((time.perf_counter() - started) * 1000, 1)
             if status == 200:
                 answer["timings"]["total_ms"] = total_ms

@@ -98,7 +98,7 @@ def fault_app(start_app, models):
 
 
 @pytest.mark.parametrize("prompt, message", [
-    ("fail: oom", "out of GPU memory"), ("fail: crash", "internal error while generating"),
+    ("fail: oom, private words", "out of GPU memory"), ("fail: crash, private words", "internal error while generating"),
 ])
 def test_an_internal_failure_is_a_500_without_internals_and_the_next_request_works(fault_app, prompt, message):
     response = fault_app.post({**GOOD, "prompt": prompt})
@@ -107,6 +107,7 @@ def test_an_internal_failure_is_a_500_without_internals_and_the_next_request_wor
     assert fault_app.post(GOOD).status_code == 200
     failure = [e for e in fault_app.events() if e["status"] == 500][-1]
     assert failure["error"] in ("out of memory", "RuntimeError")  # the operator's log says what happened
+    assert "private words" not in fault_app.logs()  # nor the message, which quoted the prompt
 
 
 def test_one_log_line_per_request_with_id_sizes_steps_images_phases_outcome(sd_app):
