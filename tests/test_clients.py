@@ -1,7 +1,6 @@
 """The clients users already have, unchanged, against the self-hosted gateway and app: test.py, Postman (via
 newman), and Banana's own Python SDKs (banana-dev 4.x through the gateway, 6.x straight to a replica)."""
 
-import base64
 import json
 import os
 import re
@@ -123,9 +122,9 @@ def test_banana_dev_4_run_start_and_check_through_the_gateway(gateway):
 
 
 def test_banana_dev_4_raises_the_gateways_error_message(gateway):
-    result = sdk(4, f"""
+    result = sdk(4, """
         import banana_dev as banana
-        banana.run("test-key", "test-model", {{"prompt": "a", "width": 500}})
+        banana.run("test-key", "test-model", {"prompt": "a", "width": 500})
     """, {"BANANA_URL": gateway.url + "/"})
     assert result.returncode != 0 and "error: width: must be a multiple of 8" in result.stderr
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr, ValidationError
 
 from .. import logs
@@ -47,7 +47,11 @@ class CheckBody(BaseModel):
 
 
 class Rejected(Exception):
-    """A request the gateway answers with an error message (and HTTP 200)."""
+    """A request the gateway answers with an error message (and HTTP 200): raised anywhere in a route."""
+
+    @classmethod
+    def unknown(cls, call_id: str) -> "Rejected":
+        return cls(f"error: callID {call_id[:80]!r} does not exist")
 
 
 def create_app(config: GatewayConfig) -> FastAPI:
@@ -66,6 +70,11 @@ def create_app(config: GatewayConfig) -> FastAPI:
 
     app = FastAPI(title="Banana v4 gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.dispatcher = dispatcher
+
+    @app.exception_handler(Rejected)
+    async def rejected(_: Request, rejection: Rejected) -> JSONResponse:
+        return JSONResponse(answers.error(str(rejection)))  # HTTP 200, as Banana answered every failure
+
 
     async def parse(request: Request, schema: type[BaseModel]) -> BaseModel:
         declared = request.headers.get("content-length", "")
@@ -108,16 +117,13 @@ def create_app(config: GatewayConfig) -> FastAPI:
     @app.post("/cancel/v4")
     @app.post("/cancel/v4/", include_in_schema=False)
     async def cancel(request: Request) -> dict:
-        try:
-            body = await parse(request, CheckBody)
-        except Rejected as rejection:
-            return answers.error(str(rejection))
+        body = await parse(request, CheckBody)
         job = await store.get(body.callID)
         if job is None:
-            return answers.error(f"error: callID {body.callID[:80]!r} does not exist")
+            raise Rejected.unknown(body.callID)
         cancelled = await dispatcher.cancel(job)
         if cancelled is None:
-            return answers.error(f"error: callID {body.callID[:80]!r} has already ended ({job.state})")
+            raise Rejected(f"error: callID {body.callID[:80]!r} has already ended ({job.state})")
         answer = answers.job_answer(cancelled)
         answer["message"] = "cancelled"
         return answer
@@ -129,15 +135,12 @@ def create_app(config: GatewayConfig) -> FastAPI:
     @app.post("/start/v4")
     @app.post("/start/v4/", include_in_schema=False)
     async def start(request: Request) -> dict:
-        try:
-            body = await parse(request, StartBody)
-            if config.model_key and not hmac.compare_digest(body.modelKey.encode(),
-                                                            config.model_key.get_secret_value().encode()):
-                raise Rejected("error: unknown modelKey")
-            if body.webhook and (refusal := webhooks.refusal(body.webhook)):
-                raise Rejected(f"error: {refusal}")
-        except Rejected as rejection:
-            return answers.error(str(rejection))
+        body = await parse(request, StartBody)
+        if config.model_key and not hmac.compare_digest(body.modelKey.encode(),
+                                                        config.model_key.get_secret_value().encode()):
+            raise Rejected("error: unknown modelKey")
+        if body.webhook and (refusal := webhooks.refusal(body.webhook)):
+            raise Rejected(f"error: {refusal}")
         job = await dispatcher.submit(Job(model_key=body.modelKey, inputs=body.modelInputs, webhook=body.webhook))
         if not body.startOnly:
             job = await dispatcher.wait(job.call_id, config.sync_timeout)
@@ -149,14 +152,10 @@ def create_app(config: GatewayConfig) -> FastAPI:
     @app.post("/check/v4")
     @app.post("/check/v4/", include_in_schema=False)
     async def check(request: Request) -> dict:
-        try:
-            body = await parse(request, CheckBody)
-        except Rejected as rejection:
-            return answers.error(str(rejection))
-        wait_s = config.long_poll if body.longPoll else 0
-        job = await dispatcher.wait(body.callID, wait_s)
+        body = await parse(request, CheckBody)
+        job = await dispatcher.wait(body.callID, config.long_poll if body.longPoll else 0)
         if job is None:
-            return answers.error(f"error: callID {body.callID[:80]!r} does not exist")
+            raise Rejected.unknown(body.callID)
         return answers.job_answer(job, await store.position(job))
 
     return app
