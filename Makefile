@@ -11,7 +11,7 @@ SDKS := 4.0.0 6.3.0
 APP_PORT ?= 8000
 GATEWAY_PORT ?= 8080
 
-.PHONY: setup test serve download bench clean
+.PHONY: setup test fuzz loadtest serve download bench clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,14 @@ $(STAMP): requirements.txt requirements-dev.txt package.json package-lock.json M
 
 test: setup
 	$(PY) -m pytest
+
+# The fuzz tests with 10x the cases of `make test`, on a fresh random seed each run.
+fuzz: setup
+	FUZZ_EXAMPLES=10000 HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest tests/test_serving_fuzz.py tests/gateway/test_api_fuzz.py
+
+# 200 startOnly jobs, 20 clients, 2 replicas of the tiny model, Redis: every job exactly once (bench/results/).
+loadtest: setup
+	$(PY) bench/loadtest.py
 
 download: setup
 	$(PY) download.py

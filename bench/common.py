@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -13,6 +12,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from processes import free_port  # noqa: E402
+
 
 def sd15_folder(folder: Path) -> Path:
     """SD 1.5's architecture with random weights, fp16 safetensors (about 2 GB), built once."""
@@ -21,12 +22,6 @@ def sd15_folder(folder: Path) -> Path:
 
         model_factory.save_sd15_sized(folder)
     return folder
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -89,6 +84,35 @@ def plain_diffusers(model: Path, **options) -> dict:
     result = json.loads(out.stdout.strip().splitlines()[-1])
     result["process_s"] = time.perf_counter() - started
     return result
+
+
+class Plain:
+    """bench/plain_diffusers.py --serve: a plain pipeline kept loaded, one image each time run() is called."""
+
+    def __init__(self, model: Path, **options):
+        args = [sys.executable, str(ROOT / "bench" / "plain_diffusers.py"), "--model", str(model), "--serve"]
+        for key, value in options.items():
+            args += [f"--{key.replace('_', '-')}", str(value)]
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self._read()  # loaded and warmed up
+
+    def run(self) -> float:
+        self.proc.stdin.write("run\n")
+        self.proc.stdin.flush()
+        return self._read()["s"]
+
+    def stop(self) -> float:
+        """Peak RSS in MiB."""
+        self.proc.stdin.close()
+        result = self._read()
+        self.proc.wait(60)
+        return result["peak_rss_mb"]
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"plain_diffusers.py exited with {self.proc.wait(60)}")
+        return json.loads(line)
 
 
 def median(values: list[float]) -> float:

@@ -1,6 +1,7 @@
 """Plain diffusers, as its documentation shows it: from_pretrained, then call. Prints one JSON line of timings.
 
 --load-only measures a bare cold start: from the interpreter's start to the pipeline loaded.
+--serve runs one image per line read on stdin, printing its time, so that a benchmark can interleave it with others.
 """
 
 import time
@@ -9,6 +10,7 @@ STARTED = time.perf_counter()
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
@@ -23,6 +25,7 @@ parser.add_argument("--steps", type=int, default=50)
 parser.add_argument("--runs", type=int, default=3)
 parser.add_argument("--load-only", action="store_true")
 parser.add_argument("--channels-last", action="store_true")
+parser.add_argument("--serve", action="store_true")
 args = parser.parse_args()
 
 dtype = getattr(torch, args.dtype)
@@ -52,7 +55,14 @@ def run(steps: int) -> float:
 
 
 warm_s = run(min(args.steps, 3))
-times = [run(args.steps) for _ in range(args.runs)]
+if args.serve:
+    print(json.dumps({"ready": True}), flush=True)
+    times = []
+    for _ in sys.stdin:
+        times.append(run(args.steps))
+        print(json.dumps({"s": times[-1]}), flush=True)
+else:
+    times = [run(args.steps) for _ in range(args.runs)]
 rss = next(int(line.split()[1]) / 1024 for line in Path("/proc/self/status").read_text().splitlines()
            if line.startswith("VmHWM:"))
 gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else None

@@ -2,15 +2,17 @@
 
 import secrets
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from PIL import Image
 from pydantic_core import PydanticCustomError
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (AliasChoices, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, WithJsonSchema,
+                      field_validator, model_validator)
 
 from . import images, schedulers
 
 SEED_LIMIT = 2**64
+DEFAULT_STEPS = 25
 OPERATOR_LIMITS = {"num_inference_steps": "max_steps", "num_images": "max_images"}  # field -> Limits attribute
 
 
@@ -43,6 +45,11 @@ class InputError(ValueError):
         super().__init__("; ".join(f"{field}: {message}" for field, message in errors))
 
 
+# On the wire an image is text; the validator below decodes it.
+InputImage = Annotated[Image.Image, WithJsonSchema({
+    "type": "string", "description": "a PNG, JPEG or WebP image: a data:image/...;base64 URI or plain base64"})]
+
+
 class GenerateInputs(BaseModel):
     """Text-to-image inputs. Strict types: "512" is not a width, true is not a step count."""
 
@@ -53,18 +60,26 @@ class GenerateInputs(BaseModel):
     negative_prompt: str | None = Field(None, validation_alias=AliasChoices("negative_prompt", "negative"))
     width: int | None = None
     height: int | None = None
-    num_inference_steps: int = Field(25, ge=1)
+    num_inference_steps: int = Field(DEFAULT_STEPS, ge=1)
     guidance_scale: float = Field(7.0, ge=0, le=30, allow_inf_nan=False)
     seed: int | None = Field(None, ge=0, lt=SEED_LIMIT)
     num_images: int = Field(1, ge=1, validation_alias=AliasChoices("num_images", "num_images_per_prompt"))
     output_format: Literal["png", "jpeg", "webp"] = "png"
     scheduler: str | None = None
     # The mode follows from the images given: image (img2img), image + mask_image (inpainting), control_image.
-    image: Image.Image | None = None
-    mask_image: Image.Image | None = None
+    image: InputImage | None = None
+    mask_image: InputImage | None = None
     strength: float = Field(0.8, gt=0, le=1, allow_inf_nan=False)
-    control_image: Image.Image | None = None
+    control_image: InputImage | None = None
     controlnet_conditioning_scale: float = Field(1.0, ge=0, le=2, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_steps(cls, data: Any, info: ValidationInfo) -> Any:
+        # A default is not validated: without this, leaving the field out would run 25 steps past a lower MAX_STEPS.
+        if isinstance(data, dict) and "num_inference_steps" not in data:
+            return {**data, "num_inference_steps": min(DEFAULT_STEPS, _limits(info).max_steps)}
+        return data
 
     @field_validator("image", "mask_image", "control_image", mode="before")
     @classmethod

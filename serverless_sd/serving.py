@@ -19,7 +19,7 @@ from flask import Flask, Response as FlaskResponse, request as flask_request
 from potassium import Potassium, Request, Response
 from werkzeug.exceptions import BadRequest, HTTPException
 
-from . import logs
+from . import logs, openapi
 from .schema import InputError
 from .settings import Settings
 from .weights import WeightsError
@@ -67,6 +67,7 @@ def endpoint(settings: Settings) -> Callable:
 
 
 def serve(app: Potassium, settings: Settings) -> None:
+    """init() first, alone; then Potassium's server, with GET /openapi.json for the loaded model (context["model"])."""
     logs.setup()
     _harden(app._flask_app, settings)
     started = time.perf_counter()
@@ -76,6 +77,8 @@ def serve(app: Potassium, settings: Settings) -> None:
         raise SystemExit(f"app.py: {error}") from None
     logs.event("ready", model_id=settings.model_id, init_s=round(time.perf_counter() - started, 2))
     app._init_func = lambda: context  # Potassium's own init now returns at once: no busy-wait worth the name
+    document = openapi.app_document(context["model"].limits)
+    app._flask_app.add_url_rule("/openapi.json", "openapi", lambda: _json_response(200, document), methods=["GET"])
     app.serve(host=settings.host, port=settings.port)
 
 

@@ -82,3 +82,26 @@ def _fetch(model_id: str, models_dir: Path, files: list[str], **hub_options) -> 
 
 def local_variant(folder: Path) -> str | None:
     return fp16_variant(path.name for path in folder.rglob("*.safetensors"))
+
+
+def stored_dtypes(folder: Path) -> dict[str, "torch.dtype"]:
+    """Each component's dtype as stored, read from the header of its first safetensors file (no weight is read);
+    components stored otherwise are left out. For a pipeline folder: by component; for a single model: {"": dtype}."""
+    import torch
+    from safetensors import safe_open
+
+    variant = local_variant(folder)
+    dtypes = {}
+    for component in [folder, *sorted(path for path in folder.iterdir() if path.is_dir())]:
+        files = sorted(path for path in component.glob("*.safetensors")
+                       if path.name.endswith(".fp16.safetensors") == (variant == "fp16"))
+        if files:
+            with safe_open(files[0], framework="pt") as weights:
+                names = list(weights.keys())
+                if names:
+                    stored = weights.get_slice(names[0]).get_dtype()
+                    dtypes["" if component == folder else component.name] = getattr(torch, _SAFETENSORS[stored])
+    return dtypes
+
+
+_SAFETENSORS = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}

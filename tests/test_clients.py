@@ -12,7 +12,7 @@ import time
 import pytest
 from PIL import Image
 
-from conftest import ROOT
+from processes import ROOT
 
 FAST = {"prompt": "a lighthouse", "num_inference_steps": 1}
 KEYS = ("--api-key", "test-key", "--model-key", "test-model")

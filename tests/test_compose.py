@@ -2,7 +2,7 @@
 
 import yaml
 
-from conftest import ROOT
+from processes import ROOT
 from serverless_sd.gateway.config import parse_args
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from processes import ROOT
 
 
 def instructions() -> list[tuple[str, str]]:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
-from conftest import ROOT, free_port
+from processes import ROOT, free_port
 from fake_hub import FakeHub
 
 

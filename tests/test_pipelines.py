@@ -1,9 +1,11 @@
 """Loading and generation choices: the default dtype gives what fp32 gives, up to its rounding."""
 
 import numpy as np
+import pytest
 import torch
 
-from serverless_sd.pipelines import choose_device, choose_dtype
+from serverless_sd.pipelines import StableDiffusion, choose_device, choose_dtype
+from serverless_sd.settings import Settings
 from test_app import generate, pixels
 
 
@@ -25,3 +27,13 @@ def test_the_default_dtype_stays_close_to_the_fp32_reference(start_app, models, 
         assert difference.mean() < 2 and difference.max() < 24, (difference.mean(), difference.max())
     other_seed = pixels(generate(reference, seed=3, num_inference_steps=4)["image_base64"])
     assert np.abs(other_seed - fp32).mean() > 10  # what "not the same image" looks like
+
+
+@pytest.mark.parametrize("dtype, nhwc", [("bfloat16", True), ("float32", False)])
+def test_bf16_on_cpu_runs_channels_last_and_fp32_does_not(models, dtype, nhwc):
+    settings = Settings(model_id=str(models["sd"]), controlnet_id=str(models["controlnet"]), device="cpu", dtype=dtype)
+    model = StableDiffusion.load(settings)
+    for conv in (model.pipe.unet.conv_in, model.pipe.vae.decoder.conv_in, model.controlnet.conv_in):
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last) is nhwc
+    for module in (model.pipe.unet, model.pipe.vae, model.pipe.text_encoder, model.controlnet):
+        assert {p.dtype for p in module.parameters()} == {getattr(torch, dtype)}

@@ -27,6 +27,12 @@ def test_limits_come_from_settings():
     assert "at most 100 characters" in errors({"prompt": "a", "negative": "a" * 101})["negative"]
 
 
+def test_the_default_step_count_stays_within_max_steps():
+    few = Limits(512, 512, max_pixels=512 * 512, max_side=2048, max_steps=4, max_images=4, max_prompt_chars=9)
+    assert parse({"prompt": "a"}, few).num_inference_steps == 4
+    assert "at most 4" in errors({"prompt": "a", "num_inference_steps": 25}, few)["num_inference_steps"]
+
+
 def test_the_pixel_budget_always_admits_the_models_native_size():
     sdxl = Limits(1024, 1024, max_pixels=512 * 512, max_side=2048, max_steps=50, max_images=4, max_prompt_chars=9)
     assert parse({"prompt": "a"}, sdxl).size(sdxl) == (1024, 1024)

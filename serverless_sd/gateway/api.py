@@ -11,10 +11,12 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
-from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr, ValidationError
+from pydantic import BaseModel, ValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError
 
-from .. import logs
+from .. import logs, openapi
 from . import answers
+from .bodies import CheckBody, StartBody
 from .config import GatewayConfig, parse_args
 from .dispatch import Dispatcher
 from .jobs import Job
@@ -26,24 +28,6 @@ PLAYGROUND = (Path(__file__).parent / "playground.html").read_text()
 # The page talks only to this gateway; its images are data: URIs.
 CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data: blob:; "
        "connect-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'")
-
-
-class StartBody(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # Banana's SDKs also send id and created
-
-    apiKey: StrictStr
-    modelKey: StrictStr
-    modelInputs: dict
-    startOnly: StrictBool = False
-    webhook: StrictStr | None = None
-
-
-class CheckBody(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    apiKey: StrictStr
-    callID: StrictStr
-    longPoll: StrictBool = False
 
 
 class Rejected(Exception):
@@ -69,12 +53,20 @@ def create_app(config: GatewayConfig) -> FastAPI:
         await store.close()
 
     app = FastAPI(title="Banana v4 gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
+    document = openapi.gateway_document()
+    app.openapi = lambda: document  # served at /openapi.json: FastAPI cannot see bodies parsed by hand
     app.state.dispatcher = dispatcher
 
     @app.exception_handler(Rejected)
     async def rejected(_: Request, rejection: Rejected) -> JSONResponse:
         return JSONResponse(answers.error(str(rejection)))  # HTTP 200, as Banana answered every failure
 
+    @app.exception_handler(RedisConnectionError)
+    @app.exception_handler(RedisTimeoutError)
+    async def store_unavailable(_: Request, error: Exception) -> JSONResponse:
+        # Still down after the store's own retries (about 15 s): nothing was accepted, so the caller may try again.
+        logs.event("store_unavailable", error=type(error).__name__)
+        return JSONResponse(answers.error("error: the job store is unavailable, try again shortly"))
 
     async def parse(request: Request, schema: type[BaseModel]) -> BaseModel:
         declared = request.headers.get("content-length", "")
@@ -86,7 +78,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
             if len(body) > config.max_body_bytes:
                 raise Rejected(f"error: body: larger than {config.max_body_bytes} bytes")
         try:
-            data = json.loads(body)
+            data = json.loads(body, parse_constant=_not_json)
         except (ValueError, RecursionError):
             raise Rejected("error: body: not valid JSON") from None
         try:
@@ -143,7 +135,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
             raise Rejected(f"error: {refusal}")
         job = await dispatcher.submit(Job(model_key=body.modelKey, inputs=body.modelInputs, webhook=body.webhook))
         if not body.startOnly:
-            job = await dispatcher.wait(job.call_id, config.sync_timeout)
+            job = await dispatcher.wait(job.call_id, config.sync_timeout, request.is_disconnected)
         answer = answers.job_answer(job, await store.position(job))
         if not job.done:
             answer["message"] = ""  # Banana's start said "" until the call finished
@@ -153,12 +145,17 @@ def create_app(config: GatewayConfig) -> FastAPI:
     @app.post("/check/v4/", include_in_schema=False)
     async def check(request: Request) -> dict:
         body = await parse(request, CheckBody)
-        job = await dispatcher.wait(body.callID, config.long_poll if body.longPoll else 0)
+        job = await dispatcher.wait(body.callID, config.long_poll if body.longPoll else 0, request.is_disconnected)
         if job is None:
             raise Rejected.unknown(body.callID)
         return answers.job_answer(job, await store.position(job))
 
     return app
+
+
+def _not_json(constant: str) -> None:
+    # Python's json reads NaN and Infinity; JSON has neither, so neither could be sent on to a replica.
+    raise ValueError(f"{constant} is not JSON")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,6 +7,7 @@ gateway renews the job's lease; a job whose lease lapses (its gateway died) is q
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 import httpx
 
@@ -61,19 +62,24 @@ class Dispatcher:
         await self._ended([cancelled])
         return cancelled
 
-    async def wait(self, call_id: str, timeout_s: float) -> Job | None:
-        """The job once done, or as it is when timeout_s has passed. Done elsewhere (another gateway) is seen by
-        polling the store; done here wakes the waiter at once."""
+    async def wait(self, call_id: str, timeout_s: float,
+                   gone: Callable[[], Awaitable[bool]] | None = None) -> Job | None:
+        """The job once done, or as it is when timeout_s has passed or the caller is gone. Done elsewhere (another
+        gateway) is seen by polling the store; done here wakes the waiter at once."""
         deadline = time.monotonic() + timeout_s
-        while True:
-            job = await self.store.get(call_id)
-            remaining = deadline - time.monotonic()
-            if job is None or job.done or remaining <= 0:
-                return job
-            try:
-                await asyncio.wait_for(self._finished.wait(), min(0.5, remaining))
-            except TimeoutError:
-                pass
+        self.metrics.waiting += 1
+        try:
+            while True:
+                job = await self.store.get(call_id)
+                remaining = deadline - time.monotonic()
+                if job is None or job.done or remaining <= 0 or (gone is not None and await gone()):
+                    return job
+                try:
+                    await asyncio.wait_for(self._finished.wait(), min(0.5, remaining))
+                except TimeoutError:
+                    pass
+        finally:
+            self.metrics.waiting -= 1
 
     async def _serve(self, url: str) -> None:
         while True:
@@ -133,7 +139,10 @@ class Dispatcher:
     async def _keep_lease(self, job: Job) -> None:
         while True:
             await asyncio.sleep(self.lease_s / 3)
-            await self.store.renew(job, self.lease_s)
+            try:
+                await self.store.renew(job, self.lease_s)
+            except Exception as error:  # noqa: BLE001 - a store outage: try again next time, the lease has slack
+                logs.event("lease_error", call_id=job.call_id, error=type(error).__name__)
 
     async def _finish(self, job: Job, result: dict | None = None, error: str | None = None) -> None:
         if not await self.store.finish(job, result=result, error=error):

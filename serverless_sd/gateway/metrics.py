@@ -17,6 +17,7 @@ class Metrics:
         self.histograms = {name: [0] * len(BUCKETS) for name in ("queued", "run")}
         self.sums = {name: 0.0 for name in self.histograms}
         self.count = 0
+        self.waiting = 0  # requests held open (sync start, long poll) right now
 
     def observe(self, job: Job) -> None:
         timings = job.timings()
@@ -45,6 +46,8 @@ class Metrics:
             for bound, n in zip(BUCKETS, self.histograms[name]):
                 lines.append(f'{metric}_bucket{{le="{"+Inf" if bound == float("inf") else bound}"}} {n}')
             lines += [f"{metric}_sum {self.sums[name]:.3f}", f"{metric}_count {self.count}"]
+        lines += ["# HELP sd_gateway_requests_waiting Requests held open for a result (sync start, long poll).",
+                  "# TYPE sd_gateway_requests_waiting gauge", f"sd_gateway_requests_waiting {self.waiting}"]
         lines += ["# HELP sd_gateway_backend_up 1 when the replica answers its status as idle and ready.",
                   "# TYPE sd_gateway_backend_up gauge"]
         lines += [f'sd_gateway_backend_up{{backend="{url}"}} {int(up)}' for url, up in backends.items()]

@@ -229,9 +229,13 @@ class RedisStore:
 
     def __init__(self, url: str, prefix: str = "sdgw:"):
         import redis.asyncio as redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import ExponentialBackoff
 
-        self._redis = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5,
-                                           retry_on_timeout=True, health_check_interval=10)
+        # A Redis restart (a few seconds) is ridden out: each command reconnects and retries for up to about 15 s.
+        retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=20)
+        self._redis = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5, retry=retry,
+                                           health_check_interval=10)
         self._prefix = prefix
         self._queue, self._running, self._seq = prefix + "queue", prefix + "running", prefix + "seq"
         self._guarded = self._redis.register_script(self._GUARDED_UPDATE)

@@ -84,7 +84,7 @@ def test_check_failures_are_200_with_an_error_message(gateway, body, message):
     assert message in gateway.call("/check/v4/", body)["message"]
 
 
-@pytest.mark.parametrize("content", [b"", b"{", b"\xff", b"[" * 100_000])
+@pytest.mark.parametrize("content", [b"", b"{", b"\xff", b"[" * 100_000, b'{"modelInputs": {"x": NaN}}'])
 def test_malformed_bodies_are_200_with_an_error_message(gateway, content):
     for route in ("/start/v4/", "/check/v4/"):
         response = httpx.post(gateway.url + route, content=content, timeout=30)

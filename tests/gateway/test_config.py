@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from processes import ROOT
 from serverless_sd.gateway.config import parse_args
 
 

@@ -1,12 +1,17 @@
-"""Dispatch and faults with real processes: FIFO, one job per replica, replicas and gateways that die or hang."""
+"""Dispatch and faults with real processes: FIFO, one job per replica, replicas, gateways and Redis that die or hang,
+clients that leave."""
 
+import json
 import os
+import socket
 import signal
 import threading
 import time
 
 import httpx
 import pytest
+
+from processes import RedisServer, free_port
 
 FAST = {"prompt": "a lighthouse", "num_inference_steps": 1}
 SLOW = {"prompt": "a lighthouse", "num_inference_steps": 60}  # about 3 s on the tiny model here
@@ -113,8 +118,6 @@ def test_a_hung_replica_times_the_job_out_and_is_taken_out_until_it_answers(star
 
 
 def test_with_no_replica_up_a_job_fails_after_its_time_limit(start_gateway):
-    from conftest import free_port
-
     gateway = start_gateway([f"http://127.0.0.1:{free_port()}"], "--job-timeout", "2")
     answer = gateway.start_job(FAST, start_only=False)
     assert answer["message"] == "error: no replica took this job within 2 s; are the replicas up?"
@@ -152,3 +155,85 @@ def test_results_expire_with_a_clear_error(start_gateway, replicas):
     time.sleep(2.5)
     answer = gateway.check(call_id)
     assert answer["message"].startswith("error: this callID's result expired") and answer["modelOutputs"] is None
+
+
+def ran_count(app, call_id: str) -> int:
+    return sum(1 for e in app.events() if e["request_id"] == call_id)
+
+
+def test_no_accepted_job_is_lost_when_redis_restarts(start_gateway, replicas, tmp_path):
+    redis = RedisServer(tmp_path)
+    try:
+        gateway = start_gateway([replicas[0].url], "--lease", "3", store=redis.url)
+        running = gateway.start_job({**SLOW, "seed": 21})["callID"]
+        queued = [gateway.start_job({**FAST, "seed": seed})["callID"] for seed in (22, 23)]
+        wait_for(gateway, running, "running")
+        redis.kill()  # as a crash would
+        started_during_outage = {}
+        caller = threading.Thread(target=lambda: started_during_outage.update(gateway.start_job({**FAST, "seed": 24})))
+        caller.start()
+        time.sleep(2)
+        redis.start()
+        caller.join(30)
+        assert started_during_outage["message"] == ""  # accepted once Redis was back: the caller never saw it go
+        calls = [running, *queued, started_during_outage["callID"]]
+        for call_id, seed in zip(calls, (21, 22, 23, 24)):
+            answer = gateway.result(call_id)
+            assert answer["message"] == "success" and answer["modelOutputs"][0]["seeds"] == [seed]
+            assert ran_count(replicas[0], call_id) == 1
+    finally:
+        redis.stop()
+
+
+def test_redis_down_for_long_is_a_clear_error_and_the_gateway_recovers(start_gateway, replicas, tmp_path):
+    redis = RedisServer(tmp_path)
+    gateway = start_gateway([replicas[0].url], store=redis.url)
+    call_id = gateway.start_job(FAST, start_only=False)["callID"]
+    redis.kill()
+    try:
+        answer = gateway.start_job(FAST)  # after the store's retries, about 15 s
+        assert answer == {**answer, "message": "error: the job store is unavailable, try again shortly",
+                          "finished": True, "modelOutputs": None}
+        assert "Traceback" not in gateway.logs() and gateway.proc.poll() is None
+    finally:
+        redis.start()
+    assert gateway.check(call_id)["message"] == "success"
+    assert gateway.start_job(FAST, start_only=False)["message"] == "success"
+    redis.stop()
+
+
+def waiting(gateway) -> int:
+    text = httpx.get(gateway.url + "/metrics").text
+    return int(next(line.split()[1] for line in text.splitlines() if line.startswith("sd_gateway_requests_waiting ")))
+
+
+def test_clients_gone_mid_long_poll_leave_nothing_behind(start_gateway, replicas):
+    gateway = start_gateway([replicas[0].url])
+    call_id = gateway.start_job({**SLOW, "seed": 31})["callID"]
+
+    def held_open(route: str, body: dict) -> socket.socket:
+        data = json.dumps(body).encode()
+        sock = socket.create_connection(("127.0.0.1", gateway.port))
+        sock.sendall(f"POST {route} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+        return sock
+
+    check = {"apiKey": "test-key", "callID": call_id, "longPoll": True}
+    start = {"apiKey": "test-key", "modelKey": "test-model", "modelInputs": {**FAST, "seed": 32}}
+    sockets = [held_open("/check/v4/", check) for _ in range(20)] + [held_open("/start/v4/", start)]
+    deadline = time.monotonic() + 10
+    while waiting(gateway) < 21:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    for sock in sockets:
+        sock.close()
+    deadline = time.monotonic() + 5  # not the long poll's 50 s: each waiter notices its caller left
+    while waiting(gateway) > 0:
+        assert time.monotonic() < deadline, waiting(gateway)
+        time.sleep(0.05)
+    assert gateway.result(call_id)["message"] == "success"
+    assert waiting(gateway) == 0
+    # The sync start whose caller left was accepted all the same: it runs, and its result waits to be checked.
+    second = next(e["call_id"] for e in gateway.events("job") if e["call_id"] != call_id)
+    answer = gateway.result(second)
+    assert answer["message"] == "success" and answer["modelOutputs"][0]["seeds"] == [32]

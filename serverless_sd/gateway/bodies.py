@@ -1,0 +1,21 @@
+"""The bodies of Banana's v4 calls, as its SDKs send them."""
+
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr
+
+
+class StartBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # Banana's SDKs also send id and created
+
+    apiKey: StrictStr
+    modelKey: StrictStr
+    modelInputs: dict
+    startOnly: StrictBool = False
+    webhook: StrictStr | None = None
+
+
+class CheckBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    apiKey: StrictStr
+    callID: StrictStr
+    longPoll: StrictBool = False

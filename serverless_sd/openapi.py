@@ -1,0 +1,94 @@
+"""The OpenAPI 3.1 documents, each served at GET /openapi.json: the app's POST / (its modelInputs taken from the one
+pydantic schema, with this deployment's limits filled in) and the gateway's Banana v4 routes.
+
+What JSON Schema cannot say (the pixel budget, which fields go together) is checked by the schema and answered 422.
+"""
+
+from .gateway.bodies import CheckBody, StartBody
+from .schema import GenerateInputs, Limits
+
+ERROR = {"type": "object", "required": ["error"], "properties": {
+    "error": {"type": "string"},
+    "errors": {"type": "array", "items": {"type": "object", "required": ["field", "message"], "properties": {
+        "field": {"type": "string"}, "message": {"type": "string"}}}},
+}}
+IMAGES = {"type": "array", "minItems": 1, "items": {"type": "string", "pattern": "^data:image/(png|jpeg|webp);base64,"}}
+ANSWER = {"type": "object", "properties": {
+    "image_base64": {"type": "string", "pattern": "^data:image/(png|jpeg|webp);base64,"},
+    "images": IMAGES,
+    "seed": {"type": "integer", "minimum": 0},
+    "seeds": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+    "nsfw": {"type": "array", "items": {"type": "boolean"}},
+    "mode": {"enum": ["txt2img", "img2img", "inpaint", "controlnet"]},
+    "width": {"type": "integer"}, "height": {"type": "integer"},
+    "num_inference_steps": {"type": "integer"}, "guidance_scale": {"type": "number"},
+    "output_format": {"enum": ["png", "jpeg", "webp"]},
+    "timings": {"type": "object", "additionalProperties": {"type": "number"}},
+}}
+ANSWER["required"] = list(ANSWER["properties"])
+
+
+def app_document(limits: Limits) -> dict:
+    inputs = GenerateInputs.model_json_schema()
+    fields = inputs["properties"]
+    for side in ("width", "height"):
+        fields[side]["anyOf"][0].update(minimum=64, maximum=limits.max_side, multipleOf=8)
+    fields["num_inference_steps"]["maximum"] = limits.max_steps
+    fields["num_images"]["maximum"] = limits.max_images
+    fields["prompt"]["maxLength"] = limits.max_prompt_chars
+    fields["negative_prompt"]["anyOf"][0]["maxLength"] = limits.max_prompt_chars
+    fields["negative"] = {**fields["negative_prompt"], "title": "Negative (the same as negative_prompt)"}
+    fields["num_images_per_prompt"] = {**fields["num_images"], "title": "The same as num_images"}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Stable Diffusion app (Potassium)", "version": "1"},
+        "paths": {"/": {"post": {
+            "summary": "Generate images from modelInputs",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": inputs}}},
+            "responses": {
+                "200": _json("the images, base64 data URIs", ANSWER),
+                "413": _json("the body is larger than MAX_BODY_BYTES", ERROR),
+                "422": _json("a field is wrong: `errors` names each one", ERROR),
+                "500": _json("an internal failure (out of GPU memory, a bug); the details are in the app's log", ERROR),
+            },
+        }}},
+    }
+
+
+ENVELOPE = {"type": "object", "required": ["id", "message", "created", "apiVersion", "modelOutputs"], "properties": {
+    "id": {"type": "string"},
+    "message": {"type": "string", "description": '"success", "running", "" (a startOnly start), or a failure '
+                                                 'containing the word "error"'},
+    "created": {"type": "integer"},
+    "apiVersion": {"type": "string"},
+    "modelOutputs": {"anyOf": [{"type": "null"}, {"type": "array", "items": {"type": "object"}}]},
+    "callID": {"type": "string"},
+    "finished": {"type": "boolean"},
+    "state": {"enum": ["queued", "running", "succeeded", "failed", "cancelled", "expired"]},
+    "queuePosition": {"type": "integer", "minimum": 0},
+    "timings": {"type": "object", "additionalProperties": {"type": "number"}},
+}}
+
+
+def gateway_document() -> dict:
+    def route(summary: str, body: type) -> dict:
+        return {"post": {
+            "summary": summary,
+            "requestBody": {"required": True, "content": {"application/json": {"schema": body.model_json_schema()}}},
+            "responses": {"200": _json('Banana\'s envelope; every failure too, its message containing "error"',
+                                       ENVELOPE)},
+        }}
+
+    paths = {}
+    for path, summary, body in (("/start/v4/", "Start a job (and wait for it unless startOnly)", StartBody),
+                                ("/check/v4/", "A job's state or result (longPoll waits for the end)", CheckBody),
+                                ("/cancel/v4/", "Cancel a queued or running job", CheckBody)):
+        paths[path] = paths[path.rstrip("/")] = route(summary, body)
+    paths["/healthz"] = {"get": {"summary": "Which replicas are up", "responses": {"200": _json("ok", {
+        "type": "object", "required": ["ok", "backends"],
+        "properties": {"ok": {"type": "boolean"}, "backends": {"type": "object"}}})}}}
+    return {"openapi": "3.1.0", "info": {"title": "Banana v4 gateway", "version": "1"}, "paths": paths}
+
+
+def _json(description: str, schema: dict) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}

@@ -1,0 +1,161 @@
+"""The project's processes as a user starts them (app.py, gateway.py, redis-server), on free ports: shared by the
+tests and by bench/loadtest.py, so that the load test runs exactly what the tests run."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Service:
+    """A process of this project as a user starts it, on a free port, its output kept for the tests."""
+
+    ready_path = "/"
+
+    def __init__(self, tmp: Path, args: list[str], env: dict, port: int | None = None):
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.args, self.env = args, {**os.environ, "HF_HUB_OFFLINE": "1", **env}
+        self.log_path = tmp / f"{Path(args[0]).stem}-{self.port}.log"
+        self.start()
+
+    def start(self) -> None:
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen([sys.executable, "-u", *self.args], cwd=ROOT, env=self.env, stdout=self._log,
+                                     stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 180) -> "Service":
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.args[0]} exited with {self.proc.returncode}:\n{self.logs()}")
+            try:
+                if httpx.get(self.url + self.ready_path, timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"{self.args[0]} not ready after {timeout} s:\n{self.logs()}")
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def events(self, name: str = "request") -> list[dict]:
+        """Our structured log lines: whole lines of JSON, none prefixed or split."""
+        found = []
+        for line in self.logs().splitlines():
+            if line.startswith("{"):
+                record = json.loads(line)
+                if record.get("event") == name:
+                    found.append(record)
+        return found
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+    def kill(self) -> None:
+        """As a crash would: no chance to clean up."""
+        self.proc.kill()
+        self.proc.wait()
+        self._log.close()
+
+    def restart(self) -> "Service":
+        self.stop()
+        self.start()
+        return self.wait_ready()
+
+
+class AppProcess(Service):
+    """`python3 app.py` (or a script standing in for it)."""
+
+    ready_path = "/__status__"
+
+    def __init__(self, tmp: Path, env: dict, script: str = "app.py"):
+        port = free_port()
+        super().__init__(tmp, [script], {"PORT": str(port), "HOST": "127.0.0.1", **env}, port)
+
+    def post(self, inputs, **kwargs) -> httpx.Response:
+        return httpx.post(self.url + "/", json=inputs, timeout=120, **kwargs)
+
+
+class GatewayProcess(Service):
+    """`python3 gateway.py`, and Banana's v4 calls against it."""
+
+    ready_path = "/healthz"
+
+    def __init__(self, tmp: Path, backends: list[str], store: str, *flags: str, env: dict | None = None):
+        port = free_port()
+        args = ["gateway.py", "--port", str(port), "--store", store, *flags]
+        for backend in backends:
+            args += ["--backend", backend]
+        super().__init__(tmp, args, env or {}, port)
+
+    def call(self, route: str, body) -> dict:
+        response = httpx.post(self.url + route, json=body, timeout=120)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def start_job(self, inputs: dict, start_only: bool = True, **fields) -> dict:
+        return self.call("/start/v4/", {"apiKey": "test-key", "modelKey": "test-model", "startOnly": start_only,
+                                         "modelInputs": inputs, **fields})
+
+    def check(self, call_id: str, long_poll: bool = False) -> dict:
+        return self.call("/check/v4/", {"apiKey": "test-key", "callID": call_id, "longPoll": long_poll})
+
+    def result(self, call_id: str, timeout: float = 120) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            answer = self.check(call_id, long_poll=True)
+            if answer["finished"]:
+                return answer
+        raise TimeoutError(call_id)
+
+
+class RedisServer:
+    """A real redis-server on a free port, every write on disk before it answers (so a kill -9 loses nothing)."""
+
+    def __init__(self, folder: Path):
+        self.port, self.folder = free_port(), folder
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.start()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                                      "--dir", str(self.folder), "--save", "", "--appendonly", "yes",
+                                      "--appendfsync", "always"], stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise TimeoutError("redis-server did not start")
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)

@@ -1,0 +1,49 @@
+"""The published OpenAPI documents (GET /openapi.json on the app and on the gateway), and schemathesis run
+against each live server: no server error, every answer's status, type and body as documented, and for the app,
+whatever breaks the documented schema refused with a 4xx."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
+CHECKS = ["not_a_server_error", "status_code_conformance", "content_type_conformance", "response_schema_conformance"]
+
+
+def schemathesis(base_url: str, checks: list[str], operations: int, examples: int = 60) -> None:
+    run = subprocess.run(
+        [str(SCHEMATHESIS), "run", f"{base_url}/openapi.json", "--url", base_url, "--checks", ",".join(checks),
+         "--max-examples", str(examples), "--seed", "1", "--workers", "1", "--request-timeout", "120",
+         "--phases", "examples,coverage,fuzzing", "--suppress-health-check", "all"],
+        capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+    assert re.search(rf"Tested: {operations}\n", run.stdout), run.stdout[-3000:]
+    generated, passed = map(int, re.search(r"(\d+) generated, (\d+) passed", run.stdout).groups())
+    assert generated == passed >= operations * 10
+
+
+def test_the_apps_document_carries_its_limits(limited_app):
+    document = httpx.get(limited_app.url + "/openapi.json").json()
+    fields = document["paths"]["/"]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    assert fields["num_inference_steps"]["maximum"] == 2 and fields["prompt"]["maxLength"] == 100
+    assert fields["width"]["anyOf"][0] == {"type": "integer", "minimum": 64, "maximum": 256, "multipleOf": 8}
+    assert set(document["paths"]["/"]["post"]["responses"]) == {"200", "413", "422", "500"}
+
+
+def test_schemathesis_against_the_app(limited_app):
+    schemathesis(limited_app.url, [*CHECKS, "negative_data_rejection"], operations=1)
+
+
+@pytest.fixture(scope="module")
+def gateway(start_gateway, limited_app):
+    return start_gateway([limited_app.url])
+
+
+def test_schemathesis_against_the_gateway(gateway):
+    # Every route, with and without its trailing slash, and /healthz. Banana's protocol answers a bad body with
+    # HTTP 200 and an error message, so "negative data rejected with a 4xx" does not apply to the gateway.
+    schemathesis(gateway.url, CHECKS, operations=7, examples=30)
