@@ -1,12 +1,15 @@
 """Which files a MODEL_ID needs: one rule for download.py (build time) and the loader (run time)."""
 
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from huggingface_hub import get_cached_repo_tree, model_info, snapshot_download
 from huggingface_hub.errors import (
     CachedRepoTreeNotFoundError, GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError,
 )
+
+if TYPE_CHECKING:
+    import torch  # imported where used: download.py needs no torch
 
 
 class WeightsError(RuntimeError):
