@@ -233,7 +233,7 @@ class RedisStore:
         from redis.backoff import ExponentialBackoff
 
         # A Redis restart (a few seconds) is ridden out: each command reconnects and retries for up to about 15 s.
-        retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=20)
+        retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=18)  # 0.1 + 0.2 + 0.4 + 0.8 + 14 x 1 s
         self._redis = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5, retry=retry,
                                            health_check_interval=10)
         self._prefix = prefix
