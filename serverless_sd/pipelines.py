@@ -96,8 +96,8 @@ class StableDiffusion:
         device = choose_device(settings.device)
         dtype = choose_dtype(settings.dtype, device)
         no_checker = {} if settings.safety_checker else {"safety_checker": None, "requires_safety_checker": False}
-        # bf16 on a CPU runs its convolutions about 10% faster in channels_last (oneDNN); fp32 on a CPU and eager
-        # CUDA run slower. To get there with one copy of each weight, not two, the weights load as they are
+        # bf16 on a CPU runs its convolutions faster in channels_last (oneDNN); fp32 on a CPU and eager CUDA run
+        # slower (BENCHMARKS.md). To get there with one copy of each weight, not two, the weights load as they are
         # stored (memory-mapped) and are converted once, to bf16 and channels_last together.
         nhwc = device.type == "cpu" and dtype == torch.bfloat16
         stored = weights.stored_dtypes if nhwc else lambda _: {}
