@@ -2,17 +2,22 @@
 
 import sys
 
-from processes import ROOT
+from processes import ROOT, RedisServer
 
 sys.path.insert(0, str(ROOT / "bench"))
 
 import loadtest  # noqa: E402
 
 
-def test_a_small_load_completes_every_job_exactly_once(start_gateway, start_app, models, redis_url):
+def test_a_small_load_completes_every_job_exactly_once(start_gateway, start_app, models, tmp_path):
     replicas = [start_app({"MODEL_ID": str(models["sd"])}) for _ in range(2)]
-    gateway = start_gateway([r.url for r in replicas], store=redis_url.replace("/0", "/3"))
-    result = loadtest.run_load(gateway, replicas, jobs=40, clients=8)
+    redis = RedisServer(tmp_path)  # its own: the session's Redis databases belong to other tests
+    gateway = start_gateway([r.url for r in replicas], store=redis.url)
+    try:
+        result = loadtest.run_load(gateway, replicas, jobs=40, clients=8)
+    finally:
+        gateway.stop()
+        redis.stop()
     assert loadtest.verdict(result) == []
     assert result["completed"] == 40 and sum(result["per_replica"]) == 40 and min(result["per_replica"]) > 0
     assert result["latency_s"][50] <= result["latency_s"][95] <= result["latency_s"][99]
