@@ -88,8 +88,9 @@ def local_variant(folder: Path) -> str | None:
 
 
 def stored_dtypes(folder: Path) -> dict[str, "torch.dtype"]:
-    """Each component's dtype as stored, read from the header of its first safetensors file (no weight is read);
-    components stored otherwise are left out. For a pipeline folder: by component; for a single model: {"": dtype}."""
+    """Each component's floating-point dtype as stored, read from the header of its first safetensors file (no
+    weight is read); components stored otherwise are left out. For a pipeline folder: by component; for a single
+    model: {"": dtype}. Integer tensors (a text encoder's position ids) say nothing of the weights' dtype."""
     import torch
     from safetensors import safe_open
 
@@ -100,10 +101,10 @@ def stored_dtypes(folder: Path) -> dict[str, "torch.dtype"]:
                        if path.name.endswith(".fp16.safetensors") == (variant == "fp16"))
         if files:
             with safe_open(files[0], framework="pt") as weights:
-                names = list(weights.keys())
-                if names:
-                    stored = weights.get_slice(names[0]).get_dtype()
-                    dtypes["" if component == folder else component.name] = getattr(torch, _SAFETENSORS[stored])
+                stored = (weights.get_slice(name).get_dtype() for name in weights.keys())
+                floating = next((dtype for dtype in stored if dtype in _SAFETENSORS), None)
+            if floating:
+                dtypes["" if component == folder else component.name] = getattr(torch, _SAFETENSORS[floating])
     return dtypes
 
 
