@@ -79,14 +79,16 @@ def run_load(gateway: GatewayProcess, replicas: list[AppProcess], jobs: int, cli
     finished.set()
     sampler.join()
 
+    calls = {job["call_id"] for job in done.values()}
     ran: dict[str, int] = {}
+    per_replica = [0] * len(replicas)
     busy_s = 0.0
-    for replica in replicas:
+    for i, replica in enumerate(replicas):
         for event in replica.events():
             if event["ts"] >= since:
                 ran[event["request_id"]] = ran.get(event["request_id"], 0) + 1
+                per_replica[i] += event["request_id"] in calls
                 busy_s += event["total_ms"] / 1000
-    calls = {job["call_id"] for job in done.values()}
     latencies = sorted(job["latency_s"] for job in done.values())
     return {
         "jobs": jobs, "clients": clients, "replicas": len(replicas),
@@ -97,7 +99,7 @@ def run_load(gateway: GatewayProcess, replicas: list[AppProcess], jobs: int, cli
         "ran_more_than_once": [c for c in calls if ran.get(c, 0) > 1],
         "never_ran": [c for c in calls if ran.get(c, 0) == 0],
         "unknown_runs": sorted(set(ran) - calls),
-        "per_replica": [sum(1 for e in r.events() if e["ts"] >= since and e["request_id"] in calls) for r in replicas],
+        "per_replica": per_replica,
         "wall_s": round(wall_s, 2),
         "jobs_per_s": round(len(done) / wall_s, 2),
         # How much of the wall time the replicas spent in their handler: the rest is the gateway's and HTTP's share.
