@@ -13,7 +13,7 @@ from diffusers import (
 )
 from PIL import Image
 
-from . import images, schedulers, weights
+from . import images, schedulers, seeds, weights
 from .cuda_graphs import CudaGraphed
 from .schema import GenerateInputs, Limits
 from .settings import Settings
@@ -147,7 +147,7 @@ class StableDiffusion:
 
     def generate(self, inputs: GenerateInputs) -> Generation:
         width, height = inputs.size(self.limits)
-        seeds = inputs.seeds()
+        image_seeds = inputs.seeds()
         pipe = self.modes[inputs.mode]
         pipe.scheduler = schedulers.build(inputs.scheduler, self.model_scheduler)
         # img2img pipelines take their size from the image, so every input image is resized to the output's size.
@@ -160,8 +160,7 @@ class StableDiffusion:
         if inputs.control_image is not None:
             options.update(image=inputs.control_image.convert("RGB").resize((width, height), Image.LANCZOS),
                            controlnet_conditioning_scale=inputs.controlnet_conditioning_scale)
-        # CPU generators: the same seed gives the same image on any GPU or CPU.
-        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+        generators = [seeds.generator(seed) for seed in image_seeds]
         started = time.perf_counter()
         with torch.inference_mode():
             result = pipe(
@@ -170,5 +169,5 @@ class StableDiffusion:
                 num_images_per_prompt=inputs.num_images, generator=generators, **options,
             )
         # The safety checker, where the model has one, blanks each flagged image and flags it; the rest stand.
-        nsfw = [bool(flag) for flag in (getattr(result, "nsfw_content_detected", None) or [False] * len(seeds))]
-        return Generation(inputs, result.images, seeds, nsfw, (time.perf_counter() - started) * 1000)
+        nsfw = [bool(flag) for flag in (getattr(result, "nsfw_content_detected", None) or [False] * len(image_seeds))]
+        return Generation(inputs, result.images, image_seeds, nsfw, (time.perf_counter() - started) * 1000)

@@ -3,30 +3,93 @@
 - an exception in a handler became a 500 with the Python traceback as its body: here, a JSON error without internals;
 - a body that is not JSON got a 400 with an empty body: here, a 422 JSON error that says what is wrong;
 - init() ran while the main thread busy-waited, starving the loader of the GIL: here, init() runs first, alone;
-- request.headers printed every header (API keys included) when read: nothing here reads them.
+- request.headers printed every header (API keys included) when read: nothing here reads them;
+- each request leaked four file descriptors (potassium/worker.py's FDRedirect), so a replica stopped answering after
+  about 250 images under a 1024 limit: here, FDRedirect is replaced by LinePrefixer, below.
 """
 
 import functools
 import gc
 import json
 import logging
+import os
+import resource
+import threading
 import time
 import traceback
 from typing import Callable
 
+import potassium.worker
 import torch
-from flask import Flask, Response as FlaskResponse, request as flask_request
+from flask import Flask, Response as FlaskResponse, current_app, request as flask_request
 from potassium import Potassium, Request, Response
 from werkzeug.exceptions import BadRequest, HTTPException
 
-from . import logs, openapi
+from . import logs, openapi, origin
 from .schema import InputError
 from .settings import Settings
 from .weights import WeightsError
 
 # 422, not 400: Banana's 5.x/6.x clients retry a 400 ("over quota") for up to 5 minutes.
 INPUT_ERROR_STATUS = 422
-STATUS_ROUTES = ("GET /__status__ ", "GET /_k/status ")
+STATUS_ROUTES = ("GET /__status__ ", "GET /_k/status ", "GET /healthz ")
+
+
+class LinePrefixer:
+    """Potassium's FDRedirect (potassium/worker.py), same interface, without its leak.
+
+    Potassium puts "[requestID ...] " before each line a handler prints by pointing the fd at a pipe read by a
+    thread. Its set_prefix, called twice per request for stdout and for stderr, made a new pipe and thread each time
+    and never closed its previous copy of the fd. Here one pipe and one thread serve the process's life, and
+    set_prefix only changes the text.
+    """
+
+    def __init__(self, fd: int):
+        self.prefix = b""
+        self._out = os.dup(fd)
+        read, write = os.pipe()
+        os.dup2(write, fd)
+        os.close(write)
+        threading.Thread(target=self._pump, args=(read,), daemon=True).start()
+
+    def set_prefix(self, prefix: str) -> None:
+        self.prefix = prefix.encode()
+
+    def _pump(self, read: int) -> None:
+        with os.fdopen(read, "rb") as lines:
+            for line in lines:
+                os.write(self._out, self.prefix + line)
+
+
+class Health:
+    """What GET /healthz answers: 503 once the replica is stuck, so that the container's health check and
+    Kubernetes' liveness probe restart it instead of leaving it listed and useless."""
+
+    def __init__(self):
+        self.busy_since: float | None = None  # while our handler runs
+        self._unavailable_since: float | None = None
+
+    def problem(self, potassium_status: dict, stuck_after_s: float) -> str | None:
+        now = time.monotonic()
+        if self.busy_since is not None and now - self.busy_since > stuck_after_s:
+            return f"one request has run {now - self.busy_since:.0f} s, past STUCK_AFTER_S ({stuck_after_s:g} s)"
+        # Potassium counts a request as running from before our handler starts to after it ends: a short gap
+        # between the two is normal, a long one means its bookkeeping lost a request and it will never say
+        # gpu_available again.
+        if potassium_status.get("gpu_available") or self.busy_since is not None:
+            self._unavailable_since = None
+        elif self._unavailable_since is None:
+            self._unavailable_since = now
+        elif now - self._unavailable_since > 30:
+            return "Potassium reports busy while no request runs"
+        soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        open_files = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else 0
+        if soft_limit != resource.RLIM_INFINITY and open_files > 0.9 * soft_limit:
+            return f"{open_files} files open, near the limit of {soft_limit}"
+        return None
+
+
+HEALTH = Health()  # one Potassium app, one handler running at a time, per process
 
 
 def endpoint(settings: Settings) -> Callable:
@@ -36,6 +99,7 @@ def endpoint(settings: Settings) -> Callable:
         @functools.wraps(handler)
         def wrapper(context: dict, request: Request) -> Response:
             started = time.perf_counter()
+            HEALTH.busy_since = time.monotonic()
             request_id = str(request.id)[:64]  # the caller's X-Banana-Request-Id, when sent
             fields = {"request_id": request_id, **logs.prompt_fields(request.json, settings.log_prompts)}
             try:
@@ -55,9 +119,13 @@ def endpoint(settings: Settings) -> Callable:
                 fields["error"] = f"{type(error).__name__}"
                 # Where it failed, not the exception's message: that may quote the inputs, prompt included.
                 fields["traceback"] = "".join(traceback.format_tb(error.__traceback__, limit=-8))
+            finally:
+                HEALTH.busy_since = None
             total_ms = round((time.perf_counter() - started) * 1000, 1)
             if status == 200:
                 answer["timings"]["total_ms"] = total_ms
+                if settings.image_base64 == "plain":  # the original template's clients b64decode this field as is
+                    answer["image_base64"] = answer["image_base64"].partition(",")[2]
             logs.event("request", status=status, total_ms=total_ms, **fields)
             return Response(status=status, json=answer)
 
@@ -69,6 +137,9 @@ def endpoint(settings: Settings) -> Callable:
 def serve(app: Potassium, settings: Settings) -> None:
     """init() first, alone; then Potassium's server, with GET /openapi.json for the loaded model (context["model"])."""
     logs.setup()
+    if not settings.log_prompts:
+        logs.redact_library_warnings()
+    potassium.worker.FDRedirect = LinePrefixer
     _harden(app._flask_app, settings)
     started = time.perf_counter()
     try:
@@ -79,7 +150,18 @@ def serve(app: Potassium, settings: Settings) -> None:
     app._init_func = lambda: context  # Potassium's own init now returns at once: no busy-wait worth the name
     document = openapi.app_document(context["model"].limits)
     app._flask_app.add_url_rule("/openapi.json", "openapi", lambda: _json_response(200, document), methods=["GET"])
+    app._flask_app.add_url_rule("/healthz", "healthz", lambda: _healthz(settings), methods=["GET"])
     app.serve(host=settings.host, port=settings.port)
+
+
+def _healthz(settings: Settings) -> FlaskResponse:
+    """200 while the replica can serve; 503 once it is stuck (Health). Only a loaded model answers at all."""
+    status = current_app.view_functions["status"]().get_json()  # Potassium's own /__status__, as it would answer
+    problem = HEALTH.problem(status, settings.stuck_after_s)
+    if problem:
+        logs.event("unhealthy", reason=problem)
+        return _json_response(503, {"ok": False, "error": problem})
+    return _json_response(200, {"ok": True, "busy": not status["gpu_available"]})
 
 
 def _harden(flask_app: Flask, settings: Settings) -> None:
@@ -87,6 +169,12 @@ def _harden(flask_app: Flask, settings: Settings) -> None:
     # Load balancers poll the status routes every second or so: not worth a log line each.
     logging.getLogger("werkzeug").addFilter(
         lambda record: not any(route in record.getMessage() for route in STATUS_ROUTES))
+    loopback_listener = origin.is_loopback(settings.host)
+
+    @flask_app.before_request
+    def refuse_other_sites():
+        refused = origin.refusal(flask_request.headers, loopback_listener)
+        return _json_response(403, {"error": refused}) if refused else None
 
     @flask_app.before_request
     def parse_json_body():

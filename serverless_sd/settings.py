@@ -24,6 +24,9 @@ class Settings(BaseModel):
     compile: bool = False
     cuda_graphs: bool = True
     log_prompts: bool = False
+    # "plain": image_base64 without its data:image/...;base64, prefix, as the original template's clients decode it.
+    image_base64: Literal["data_uri", "plain"] = "data_uri"
+    stuck_after_s: float = Field(600, gt=0)  # GET /healthz fails once one request has run this long
     max_pixels: int = Field(1024 * 1024, ge=64 * 64)
     max_side: int = Field(2048, ge=64)
     max_steps: int = Field(150, ge=1)

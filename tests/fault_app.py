@@ -1,9 +1,11 @@
 """app.py with faults planted in generation, for the tests of internal failures: run as `python3 tests/fault_app.py`.
 
-A prompt starting "fail: oom" raises CUDA's out-of-memory error, "fail: crash" a RuntimeError carrying internals.
+A prompt starting "fail: oom" raises CUDA's out-of-memory error, "fail: crash" a RuntimeError carrying internals,
+"fail: hang" sleeps 6 s (a replica stuck mid-request, for the health check).
 """
 
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -24,6 +26,8 @@ def generate_with_faults(self, inputs):
         raise torch.OutOfMemoryError(f"CUDA out of memory (internal detail) for {inputs.prompt!r}")
     if inputs.prompt.startswith("fail: crash"):
         raise RuntimeError(f"internal detail at /opt/internal/path.py for {inputs.prompt!r}")
+    if inputs.prompt.startswith("fail: hang"):
+        time.sleep(6)
     return real_generate(self, inputs)
 
 

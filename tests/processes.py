@@ -3,6 +3,7 @@ tests and by bench/loadtest.py, so that the load test runs exactly what the test
 
 import json
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -25,7 +26,8 @@ class Service:
 
     ready_path = "/"
 
-    def __init__(self, tmp: Path, args: list[str], env: dict, port: int | None = None):
+    def __init__(self, tmp: Path, args: list[str], env: dict, port: int | None = None, nofile: int | None = None):
+        self.nofile = nofile  # as `ulimit -n` would set it: the open-files limit containers give
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.args, self.env = args, {**os.environ, "HF_HUB_OFFLINE": "1", **env}
@@ -34,8 +36,9 @@ class Service:
 
     def start(self) -> None:
         self._log = self.log_path.open("ab")
+        limit = (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))) if self.nofile else None
         self.proc = subprocess.Popen([sys.executable, "-u", *self.args], cwd=ROOT, env=self.env, stdout=self._log,
-                                     stderr=subprocess.STDOUT)
+                                     stderr=subprocess.STDOUT, preexec_fn=limit)
 
     def wait_ready(self, timeout: float = 180) -> "Service":
         deadline = time.monotonic() + timeout
@@ -49,6 +52,9 @@ class Service:
                 pass
             time.sleep(0.2)
         raise TimeoutError(f"{self.args[0]} not ready after {timeout} s:\n{self.logs()}")
+
+    def open_files(self) -> int:
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -90,9 +96,9 @@ class AppProcess(Service):
 
     ready_path = "/__status__"
 
-    def __init__(self, tmp: Path, env: dict, script: str = "app.py"):
+    def __init__(self, tmp: Path, env: dict, script: str = "app.py", nofile: int | None = None):
         port = free_port()
-        super().__init__(tmp, [script], {"PORT": str(port), "HOST": "127.0.0.1", **env}, port)
+        super().__init__(tmp, [script], {"PORT": str(port), "HOST": "127.0.0.1", **env}, port, nofile)
 
     def post(self, inputs, **kwargs) -> httpx.Response:
         return httpx.post(self.url + "/", json=inputs, timeout=120, **kwargs)

@@ -1,10 +1,16 @@
 """The hardened Potassium server: every mistake is a 4xx JSON error naming the field, nothing internal leaks,
 the server keeps serving, and each request leaves one structured log line without secrets or prompts."""
 
+import concurrent.futures
 import json
+import subprocess
+import sys
+import time
 
 import httpx
 import pytest
+
+from processes import ROOT, free_port
 
 GOOD = {"prompt": "a lighthouse at dusk", "num_inference_steps": 1}
 
@@ -136,3 +142,69 @@ def test_log_prompts_opt_in_logs_the_prompt(start_app, models):
     app = start_app({"MODEL_ID": str(models["sd"]), "LOG_PROMPTS": "1"})
     app.post({**GOOD, "prompt": "an opted-in prompt", "negative_prompt": "blur"})
     assert app.events()[-1]["prompt"] == "an opted-in prompt" and app.events()[-1]["negative_prompt"] == "blur"
+
+
+def test_open_files_stay_flat_over_hundreds_of_requests_under_ulimit_256(start_app, models):
+    # Potassium 0.5.0 leaked four descriptors a request: under this limit the replica stopped answering at request 59.
+    app = start_app({"MODEL_ID": str(models["sd"])}, nofile=256)
+    tiny = {**GOOD, "width": 64, "height": 64}
+    with httpx.Client(base_url=app.url, timeout=60) as client:
+        for _ in range(20):
+            assert client.post("/", json=tiny).status_code == 200
+        settled = app.open_files()
+        for _ in range(280):
+            assert client.post("/", json=tiny).status_code == 200
+        assert app.open_files() <= settled + 4, (settled, app.open_files())
+        assert client.get("/__status__").json()["gpu_available"] is True
+        assert client.get("/healthz").status_code == 200
+
+
+def test_a_stuck_replica_fails_its_health_check_and_recovers(start_app, models):
+    app = start_app({"MODEL_ID": str(models["sd"]), "STUCK_AFTER_S": "2"}, script="tests/fault_app.py")
+    assert httpx.get(app.url + "/healthz").json() == {"ok": True, "busy": False}
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        hanging = pool.submit(app.post, {**GOOD, "prompt": "fail: hang"})
+        deadline = time.monotonic() + 5
+        while (answer := httpx.get(app.url + "/healthz")).status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert answer.status_code == 503 and "past STUCK_AFTER_S" in answer.json()["error"], answer.text
+        health_check = subprocess.run([sys.executable, "-m", "serverless_sd.health", app.url], cwd=ROOT,
+                                      capture_output=True, text=True, timeout=30)
+        assert health_check.returncode == 1 and "past STUCK_AFTER_S" in health_check.stderr
+        assert hanging.result().status_code == 200
+    assert httpx.get(app.url + "/healthz").status_code == 200
+    assert subprocess.run([sys.executable, "-m", "serverless_sd.health", app.url], cwd=ROOT, timeout=30).returncode == 0
+
+
+def test_the_health_check_fails_when_the_replica_cannot_answer():
+    nobody = f"http://127.0.0.1:{free_port()}"
+    result = subprocess.run([sys.executable, "-m", "serverless_sd.health", nobody], cwd=ROOT, capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 1 and "cannot reach" in result.stderr
+
+
+def test_a_prompt_past_77_tokens_leaves_no_word_in_the_log(sd_app):
+    words = " ".join(f"zebraword{i}" for i in range(120))
+    assert sd_app.post({**GOOD, "prompt": words}).status_code == 200
+    assert "zebraword" not in sd_app.logs()
+    assert "part of a prompt was truncated" in sd_app.logs()  # the fact is kept
+
+
+@pytest.mark.parametrize("headers", [
+    {"Origin": "https://evil.example", "Content-Type": "text/plain"},
+    {"Origin": "null", "Content-Type": "text/plain"},
+    {"Sec-Fetch-Site": "cross-site", "Content-Type": "application/x-www-form-urlencoded"},
+    {"Host": "rebound.evil.example"},  # DNS rebinding: a hostile name pointed at 127.0.0.1
+])
+def test_browsers_cannot_drive_a_local_app_from_another_site(sd_app, headers):
+    handled = len(sd_app.events())
+    response = httpx.post(sd_app.url, content=json.dumps(GOOD).encode(), headers=headers, timeout=30)
+    assert response.status_code == 403 and response.json()["error"].split(":")[0] in ("Origin", "Sec-Fetch-Site", "Host")
+    assert len(sd_app.events()) == handled  # refused before the handler
+
+
+def test_curl_and_same_origin_requests_are_served(sd_app):
+    same_origin = {"Origin": sd_app.url, "Content-Type": "application/json"}
+    assert httpx.post(sd_app.url, json=GOOD, headers=same_origin, timeout=60).status_code == 200
+    curl = subprocess.run(["curl", "-s", "-d", json.dumps(GOOD), sd_app.url + "/"], capture_output=True, timeout=60)
+    assert json.loads(curl.stdout)["image_base64"].startswith("data:image/png;base64,")
