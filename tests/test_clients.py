@@ -23,6 +23,12 @@ def gateway(start_gateway, controlnet_app):
     return start_gateway([controlnet_app.url], *KEYS)
 
 
+@pytest.fixture(scope="module")
+def default_gateway(start_gateway, sd_app):
+    """A deployment as a new user makes it: no CONTROLNET_ID."""
+    return start_gateway([sd_app.url], *KEYS)
+
+
 def run(args: list[str], env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(args, cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout)
 
@@ -76,21 +82,27 @@ def test_test_py_exits_non_zero_with_the_servers_message(gateway, tmp_path, args
     assert result.returncode != 0 and message in result.stderr and not list(tmp_path.iterdir())
 
 
-def newman(gateway, api_key: str) -> subprocess.CompletedProcess:
-    return run([str(ROOT / "node_modules" / ".bin" / "newman"), "run", "postman_collection.json", "--env-var",
+def newman(gateway, api_key: str, collection: str = "postman_collection.json") -> subprocess.CompletedProcess:
+    return run([str(ROOT / "node_modules" / ".bin" / "newman"), "run", collection, "--env-var",
                 f"baseUrl={gateway.url}", "--env-var", f"apiKey={api_key}", "--env-var", "modelKey=test-model",
                 "--reporters", "cli"], {})
 
 
-def test_the_postman_collection_runs_green_under_newman(gateway):
-    result = newman(gateway, "test-key")
+def test_the_postman_collection_runs_green_against_a_default_deployment(default_gateway):
+    result = newman(default_gateway, "test-key")
     assert result.returncode == 0, result.stdout[-3000:]
-    for name in ("Start (wait for result)", "Start (startOnly)", "Check", "Img2img", "Inpainting", "ControlNet"):
+    for name in ("Start (wait for result)", "Start (startOnly)", "Check", "Img2img", "Inpainting"):
         assert f"→ {name}" in result.stdout
 
 
-def test_the_postman_collection_fails_on_an_error_message(gateway):
-    result = newman(gateway, "not-the-key")
+def test_the_controlnet_collection_runs_green_against_a_controlnet_deployment(gateway):
+    result = newman(gateway, "test-key", "postman_collection_controlnet.json")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "→ Img2img" in result.stdout and "→ ControlNet" in result.stdout
+
+
+def test_the_postman_collection_fails_on_an_error_message(default_gateway):
+    result = newman(default_gateway, "not-the-key")
     assert result.returncode != 0 and "no error" in result.stdout
 
 
@@ -99,6 +111,38 @@ def test_the_postman_collection_is_v2_1_with_the_documented_variables():
     assert collection["info"]["schema"].endswith("/v2.1.0/collection.json")
     assert {v["key"] for v in collection["variable"]} >= {"baseUrl", "apiKey", "modelKey", "callID"}
     assert [item["name"] for item in collection["item"]][:3] == ["Start (wait for result)", "Start (startOnly)", "Check"]
+
+
+# The original template's test.py, as the issue tracker quotes it: modelInputs straight to the replica, and
+# image_base64 through base64.b64decode as it is.
+ORIGINAL_CLIENT = """
+import base64, sys
+from io import BytesIO
+import requests
+from PIL import Image
+model_inputs = {"prompt": "realistic field of grass", "negative": "", "num_inference_steps": 50, "guidance_scale": 7.5}
+res = requests.post(sys.argv[1], json=model_inputs)
+image_byte_string = res.json()["image_base64"]
+image = Image.open(BytesIO(base64.b64decode(image_byte_string.encode("utf-8"))))
+image.save(sys.argv[2])
+"""
+
+
+def test_the_original_templates_client_fails_on_data_uris_by_default(sd_app, tmp_path):
+    url = sd_app.url.replace("127.0.0.1", "localhost") + "/"
+    result = run([sys.executable, "-c", ORIGINAL_CLIENT, url, str(tmp_path / "output.jpg")], {})
+    assert result.returncode != 0 and "Incorrect padding" in result.stderr
+
+
+def test_the_original_templates_client_works_unchanged_with_image_base64_plain(start_app, models, tmp_path):
+    app = start_app({"MODEL_ID": str(models["sd"]), "IMAGE_BASE64": "plain"})
+    url = app.url.replace("127.0.0.1", "localhost") + "/"
+    result = run([sys.executable, "-c", ORIGINAL_CLIENT, url, str(tmp_path / "output.jpg")], {})
+    assert result.returncode == 0, result.stderr
+    assert Image.open(tmp_path / "output.jpg").size == (64, 64)
+    answer = app.post({"prompt": "a", "num_inference_steps": 1}).json()
+    assert answer["images"][0].startswith("data:image/png;base64,")  # only the original's field changes
+    assert answer["images"][0].endswith(answer["image_base64"])
 
 
 def sdk(version: int, code: str, env: dict) -> subprocess.CompletedProcess:
