@@ -11,7 +11,7 @@ SDKS := 4.0.0 6.3.0
 APP_PORT ?= 8000
 GATEWAY_PORT ?= 8080
 
-.PHONY: setup test fuzz loadtest serve download bench clean
+.PHONY: setup test fuzz loadtest soak serve demo download bench clean
 
 setup: $(STAMP)
 
@@ -45,6 +45,14 @@ serve: download
 	trap 'kill 0' EXIT; \
 	PORT=$(APP_PORT) HOST=127.0.0.1 $(PY) app.py & \
 	$(PY) gateway.py --port $(GATEWAY_PORT) --backend http://127.0.0.1:$(APP_PORT)
+
+# The whole path in a minute with no download: app, gateway and playground on a tiny model with RANDOM weights,
+# built here. Every image it makes is noise; it shows that the parts work, not what a real model draws.
+DEMO_MODEL := models/tiny-random-weights-demo
+demo: setup
+	test -f $(DEMO_MODEL)/model_index.json || $(PY) tests/model_factory.py $(DEMO_MODEL)
+	@echo "make demo: RANDOM weights, every image is noise. Playground: http://127.0.0.1:$(GATEWAY_PORT)/"
+	$(MAKE) --no-print-directory serve MODEL_ID=$(abspath $(DEMO_MODEL))
 
 # CPU benchmark: this app against plain diffusers, side by side (builds a 2 GB random SD-1.5 model once).
 bench: setup

@@ -103,7 +103,8 @@ class StableDiffusion:
         stored = weights.stored_dtypes if nhwc else lambda _: {}
         pipe = AutoPipelineForText2Image.from_pretrained(
             folder, dtype={"default": dtype, **stored(folder)}, variant=weights.local_variant(folder),
-            local_files_only=True, device_map=device.type,  # weights go straight to the GPU, no CPU copy first
+            local_files_only=True, use_safetensors=True,
+            device_map=device.type,  # weights go straight to the GPU, no CPU copy first
             **no_checker,
         )
         controlnet = None
@@ -111,7 +112,8 @@ class StableDiffusion:
             controlnet_folder = weights.locate(settings.controlnet_id, settings.models_dir, controlnet=True)
             controlnet = ControlNetModel.from_pretrained(
                 controlnet_folder, dtype=stored(controlnet_folder).get("", dtype),
-                variant=weights.local_variant(controlnet_folder), local_files_only=True, device_map=device.type)
+                variant=weights.local_variant(controlnet_folder), local_files_only=True, use_safetensors=True,
+                device_map=device.type)
         model = cls(pipe, settings, controlnet)
         if nhwc:
             model.to(dtype, torch.channels_last)

@@ -8,8 +8,16 @@ from huggingface_hub.errors import (
     CachedRepoTreeNotFoundError, GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError,
 )
 
+try:  # the HTTP library huggingface_hub 2.x is built on (1.x used httpx)
+    from httpx2 import TransportError
+except ImportError:  # pragma: no cover
+    from httpx import TransportError
+
 if TYPE_CHECKING:
     import torch  # imported where used: download.py needs no torch
+
+SAFETENSORS_ONLY = ("has no safetensors weights{what}; this template loads safetensors only (a .bin or .ckpt file "
+                    "can run code when it is loaded): pick a repo that publishes .safetensors")
 
 
 class WeightsError(RuntimeError):
@@ -46,6 +54,16 @@ def download(model_id: str, models_dir: Path, token: str | None = None, safety_c
         ) from None
     except HfHubHTTPError as error:
         raise WeightsError(f"downloading MODEL_ID {model_id!r} failed: {error}") from None
+    except TransportError as error:
+        raise WeightsError(
+            f"cannot reach the Hugging Face hub to download {model_id!r} ({type(error).__name__}: {error}). Check the "
+            "network (or HF_ENDPOINT, for a mirror), or set MODEL_ID to a local diffusers folder; `make demo` runs "
+            "everything on a tiny local model with no download"
+        ) from None
+    except OSError as error:  # diffusers' own refusal: no safetensors for some component
+        if "safetensors" not in str(error):
+            raise
+        raise WeightsError(f"MODEL_ID {model_id!r} " + SAFETENSORS_ONLY.format(what=" for every component")) from None
 
 
 def locate(model_id: str, models_dir: Path, safety_checker: bool = True, controlnet: bool = False) -> Path:
@@ -71,8 +89,9 @@ def _skipped(safety_checker: bool) -> dict:
 
 def _fetch_controlnet(model_id: str, models_dir: Path, files: list[str], **hub_options) -> Path:
     weights_file = next((name for name in ("diffusion_pytorch_model.fp16.safetensors",
-                                           "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
-                         if name in files), "diffusion_pytorch_model.safetensors")
+                                           "diffusion_pytorch_model.safetensors") if name in files), None)
+    if weights_file is None:
+        raise WeightsError(f"CONTROLNET_ID {model_id!r} " + SAFETENSORS_ONLY.format(what=""))
     return Path(snapshot_download(model_id, cache_dir=models_dir, allow_patterns=["config.json", weights_file],
                                   **hub_options))
 
@@ -80,7 +99,8 @@ def _fetch_controlnet(model_id: str, models_dir: Path, files: list[str], **hub_o
 def _fetch(model_id: str, models_dir: Path, files: list[str], **hub_options) -> Path:
     from diffusers import DiffusionPipeline  # diffusers' own rule: the files its from_pretrained will open
 
-    return Path(DiffusionPipeline.download(model_id, cache_dir=models_dir, variant=fp16_variant(files), **hub_options))
+    return Path(DiffusionPipeline.download(model_id, cache_dir=models_dir, variant=fp16_variant(files),
+                                           use_safetensors=True, **hub_options))
 
 
 def local_variant(folder: Path) -> str | None:

@@ -143,3 +143,10 @@ def save_tiny_controlnet(folder: Path) -> Path:
         torch.nn.init.normal_(block.weight, std=0.1)
     controlnet.save_pretrained(folder)
     return folder
+
+
+if __name__ == "__main__":
+    # `make demo`: python3 tests/model_factory.py FOLDER saves the tiny random-weight SD model there.
+    import sys
+
+    print(f"model_factory: a tiny model with random weights (its images are noise) in {save_tiny_sd(Path(sys.argv[1]))}")

@@ -4,15 +4,17 @@ newman), and Banana's own Python SDKs (banana-dev 4.x through the gateway, 6.x s
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
 import time
 
+import httpx
 import pytest
 from PIL import Image
 
-from processes import ROOT
+from processes import ROOT, free_port
 
 FAST = {"prompt": "a lighthouse", "num_inference_steps": 1}
 KEYS = ("--api-key", "test-key", "--model-key", "test-model")
@@ -194,3 +196,29 @@ def test_banana_dev_6_raises_at_once_on_a_bad_input_instead_of_retrying(sd_app):
     """, {})
     assert result.returncode != 0 and "422" in result.stderr
     assert time.monotonic() - started < 60  # a 400 would have been retried for 5 minutes
+
+
+def test_make_demo_serves_the_whole_path_with_no_download(tmp_path):
+    app_port, gateway_port = free_port(), free_port()
+    env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}", "MODELS_DIR": str(tmp_path)}
+    env.pop("HF_HUB_OFFLINE", None)  # as a newcomer's shell: nothing switches the hub off, it is just unreachable
+    demo = subprocess.Popen(["make", "demo", f"APP_PORT={app_port}", f"GATEWAY_PORT={gateway_port}"], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        body = {"apiKey": "", "modelKey": "", "modelInputs": {"prompt": "a", "num_inference_steps": 1}}
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            try:
+                answer = httpx.post(f"http://127.0.0.1:{gateway_port}/start/v4/", json=body, timeout=60).json()
+                if answer["message"] == "success":
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        assert answer["message"] == "success", answer
+        assert answer["modelOutputs"][0]["image_base64"].startswith("data:image/png;base64,")
+    finally:
+        os.killpg(demo.pid, signal.SIGTERM)
+        output = demo.communicate(timeout=30)[0]
+    assert "RANDOM weights, every image is noise" in output

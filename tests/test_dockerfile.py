@@ -1,6 +1,7 @@
 """Docker cannot run here: check the Dockerfile's structure, and that its RUN steps are the commands tests run."""
 
 import ast
+import fnmatch
 import re
 from pathlib import Path
 
@@ -56,10 +57,17 @@ def test_token_is_a_build_secret_not_an_argument():
     assert "--mount=type=secret,id=HF_TOKEN,env=HF_TOKEN" in instructions()[index("RUN", r"download\.py")][1]
 
 
-def test_serves_potassium_on_8000_with_a_healthcheck():
+def test_serves_potassium_on_8000_with_a_healthcheck_that_catches_a_stuck_replica():
     assert index("EXPOSE", r"^8000$") >= 0
-    assert index("HEALTHCHECK", r"127\.0\.0\.1:8000/__status__") >= 0
+    assert index("HEALTHCHECK", r'CMD \["python3", "-m", "serverless_sd.health"\]$') >= 0
     assert instructions()[-1] == ("CMD", '["python3", "-u", "app.py"]')
+
+
+def test_runs_as_an_unprivileged_user_after_the_last_build_step():
+    user = index("USER", r".")
+    name = instructions()[user][1]
+    assert name not in ("root", "0") and index("RUN", rf"useradd .*--uid [1-9]\d* {name}$") < user
+    assert all(kw != "RUN" for kw, _ in instructions()[user:])
 
 
 def test_run_steps_are_what_setup_and_tests_run():
@@ -68,9 +76,35 @@ def test_run_steps_are_what_setup_and_tests_run():
     assert '"download.py"' in (ROOT / "tests" / "test_download.py").read_text()
 
 
-def test_dockerignore_keeps_local_state_out_of_the_image():
-    ignored = set((ROOT / ".dockerignore").read_text().split())
-    assert {".git", ".venv", "models", "tests"} <= ignored
+def in_build_context(path: str) -> bool:
+    """Docker's rule: the last .dockerignore line that matches the path (or a folder above it) decides."""
+    lines = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()]
+    included = True
+    for line in (line for line in lines if line and not line.startswith("#")):
+        pattern = line.lstrip("!").rstrip("/")
+        parts = path.split("/")
+        prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+        if any(fnmatch.fnmatchcase(prefix, pattern) or (pattern.startswith("**/") and any(
+                fnmatch.fnmatchcase(part, pattern[3:]) for part in prefix.split("/"))) for prefix in prefixes):
+            included = line.startswith("!")
+    return included
+
+
+@pytest.mark.parametrize("path", [
+    ".env", ".env.production", "gateway.db", "gateway.db-wal", "gateway.db-shm", "jobs.sqlite", ".git/config",
+    ".venv/bin/python", "models/x/unet.safetensors", "tests/test_app.py", ".pytest_cache/v/cache",
+    ".hypothesis/examples/x", "node_modules/newman/index.js", "serverless_sd/__pycache__/schema.cpython-311.pyc",
+    "outputs/call_1.png", "bench/results/cpu.json", "notes.txt",
+])
+def test_dockerignore_keeps_everything_else_out(path):
+    assert not in_build_context(path)
+
+
+def test_dockerignore_lets_in_what_the_image_runs():
+    needed = local_imports(ROOT / "app.py") | local_imports(ROOT / "gateway.py") | local_imports(ROOT / "download.py")
+    needed |= {ROOT / "serverless_sd" / "health.py", *(ROOT / "serverless_sd").rglob("*.html")}
+    for path in [*needed, ROOT / "app.py", ROOT / "gateway.py", ROOT / "download.py", ROOT / "requirements.txt"]:
+        assert in_build_context(str(path.relative_to(ROOT))), path
 
 
 def local_imports(script: Path) -> set[Path]:

@@ -78,6 +78,35 @@ def test_a_repo_that_cannot_be_had_fails_the_build_with_a_clear_message(hub, tmp
     assert "hf_wrong" not in result.stderr + result.stdout
 
 
+@pytest.mark.parametrize("variable", ["MODEL_ID", "CONTROLNET_ID"])
+def test_a_repo_with_only_bin_weights_is_refused(hub, models, tmp_path, variable):
+    legacy = tmp_path / "legacy"
+    if variable == "MODEL_ID":
+        StableDiffusionPipeline.from_pretrained(models["sd"]).save_pretrained(legacy, safe_serialization=False)
+        model_id, env = "acme/bin-only", {}
+    else:
+        from diffusers import ControlNetModel
+
+        ControlNetModel.from_pretrained(models["controlnet"]).save_pretrained(legacy, safe_serialization=False)
+        model_id, env = "acme/fp32-only", {"CONTROLNET_ID": "acme/bin-only-controlnet"}
+    hub.add("acme/bin-only" if variable == "MODEL_ID" else "acme/bin-only-controlnet", legacy)
+    result = download(hub, model_id, tmp_path / "models", **env)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert f"{variable} 'acme/bin-only" in result.stderr and "loads safetensors only" in result.stderr
+    assert not [name for name in hub.downloaded if name.endswith(".bin")]
+
+
+def test_no_network_is_one_line_that_says_what_to_do(tmp_path):
+    env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}", "MODEL_ID": "acme/anything",
+           "MODELS_DIR": str(tmp_path)}
+    env.pop("HF_HUB_OFFLINE", None)
+    result = subprocess.run([sys.executable, "download.py"], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert "cannot reach the Hugging Face hub" in result.stderr and "make demo" in result.stderr
+
+
 def test_hf_token_is_honoured(hub, tmp_path):
     assert download(hub, "acme/private", tmp_path, HF_TOKEN="hf_private_token_1").returncode == 0
 
