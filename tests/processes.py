@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+TEST_KEY = "test-key-0123456789"  # gateways refuse keys under 16 characters
 
 
 def free_port() -> int:
@@ -107,7 +108,7 @@ class AppProcess(Service):
 class GatewayProcess(Service):
     """`python3 gateway.py`, and Banana's v4 calls against it."""
 
-    ready_path = "/healthz"
+    ready_path = "/livez"
 
     def __init__(self, tmp: Path, backends: list[str], store: str, *flags: str, env: dict | None = None):
         port = free_port()
@@ -122,11 +123,11 @@ class GatewayProcess(Service):
         return response.json()
 
     def start_job(self, inputs: dict, start_only: bool = True, **fields) -> dict:
-        return self.call("/start/v4/", {"apiKey": "test-key", "modelKey": "test-model", "startOnly": start_only,
+        return self.call("/start/v4/", {"apiKey": TEST_KEY, "modelKey": "test-model", "startOnly": start_only,
                                          "modelInputs": inputs, **fields})
 
     def check(self, call_id: str, long_poll: bool = False) -> dict:
-        return self.call("/check/v4/", {"apiKey": "test-key", "callID": call_id, "longPoll": long_poll})
+        return self.call("/check/v4/", {"apiKey": TEST_KEY, "callID": call_id, "longPoll": long_poll})
 
     def result(self, call_id: str, timeout: float = 120) -> dict:
         deadline = time.monotonic() + timeout
@@ -147,7 +148,7 @@ class RedisServer:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                                      "--dir", str(self.folder), "--save", "", "--appendonly", "yes",
+                                      "--dir", str(self.folder), "--databases", "256", "--save", "", "--appendonly", "yes",
                                       "--appendfsync", "always"], stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:

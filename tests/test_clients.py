@@ -17,7 +17,7 @@ from PIL import Image
 from processes import ROOT, free_port
 
 FAST = {"prompt": "a lighthouse", "num_inference_steps": 1}
-KEYS = ("--api-key", "test-key", "--model-key", "test-model")
+KEYS = ("--api-key", "test-key-0123456789", "--model-key", "test-model")
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def run(args: list[str], env: dict, timeout: float = 300) -> subprocess.Complete
     return subprocess.run(args, cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout)
 
 
-def client_env(gateway, api_key: str = "test-key") -> dict:
+def client_env(gateway, api_key: str = "test-key-0123456789") -> dict:
     return {"BANANA_URL": gateway.url + "/", "BANANA_API_KEY": api_key, "BANANA_MODEL_KEY": "test-model"}
 
 
@@ -91,14 +91,14 @@ def newman(gateway, api_key: str, collection: str = "postman_collection.json") -
 
 
 def test_the_postman_collection_runs_green_against_a_default_deployment(default_gateway):
-    result = newman(default_gateway, "test-key")
+    result = newman(default_gateway, "test-key-0123456789")
     assert result.returncode == 0, result.stdout[-3000:]
     for name in ("Start (wait for result)", "Start (startOnly)", "Check", "Img2img", "Inpainting"):
         assert f"→ {name}" in result.stdout
 
 
 def test_the_controlnet_collection_runs_green_against_a_controlnet_deployment(gateway):
-    result = newman(gateway, "test-key", "postman_collection_controlnet.json")
+    result = newman(gateway, "test-key-0123456789", "postman_collection_controlnet.json")
     assert result.returncode == 0, result.stdout[-3000:]
     assert "→ Img2img" in result.stdout and "→ ControlNet" in result.stdout
 
@@ -155,9 +155,9 @@ def sdk(version: int, code: str, env: dict) -> subprocess.CompletedProcess:
 def test_banana_dev_4_run_start_and_check_through_the_gateway(gateway):
     result = sdk(4, f"""
         import json, banana_dev as banana
-        out = banana.run("test-key", "test-model", {json.dumps(FAST)})
-        call_id = banana.start("test-key", "test-model", {json.dumps({**FAST, "seed": 5})})
-        while (checked := banana.check("test-key", call_id))["message"] != "success":
+        out = banana.run("test-key-0123456789", "test-model", {json.dumps(FAST)})
+        call_id = banana.start("test-key-0123456789", "test-model", {json.dumps({**FAST, "seed": 5})})
+        while (checked := banana.check("test-key-0123456789", call_id))["message"] != "success":
             pass
         print(json.dumps({{"run": out, "check": checked}}))
     """, {"BANANA_URL": gateway.url + "/"})
@@ -170,7 +170,7 @@ def test_banana_dev_4_run_start_and_check_through_the_gateway(gateway):
 def test_banana_dev_4_raises_the_gateways_error_message(gateway):
     result = sdk(4, """
         import banana_dev as banana
-        banana.run("test-key", "test-model", {"prompt": "a", "width": 500})
+        banana.run("test-key-0123456789", "test-model", {"prompt": "a", "width": 500})
     """, {"BANANA_URL": gateway.url + "/"})
     assert result.returncode != 0 and "error: width: must be a multiple of 8" in result.stderr
 

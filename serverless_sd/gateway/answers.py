@@ -19,9 +19,9 @@ def error(message: str) -> dict:
     return envelope(message, finished=True, modelOutputs=None)
 
 
-def job_answer(job: Job, queue_position: int | None = None) -> dict:
+def job_answer(job: Job, result: dict | None, queue_position: int | None = None) -> dict:
     if job.state == SUCCEEDED:
-        message, outputs = "success", [job.result]
+        message, outputs = "success", [result]
     elif job.state in (FAILED, CANCELLED, EXPIRED):
         message, outputs = job.error, None
     else:

@@ -1,10 +1,17 @@
 """The HTTP routes: POST /start/v4 and /check/v4 (with or without the trailing slash), Banana's fields exactly.
 
 Every failure is HTTP 200 with a message containing "error", as Banana's clients expect.
+
+The key is checked before a body is parsed: from a header (`Authorization: Bearer KEY` or `X-Banana-API-Key`),
+or else looked for in the raw bytes, so that a caller without a valid key cannot make the gateway build the
+objects of a 32 MB body; parsing itself runs off the event loop, a few bodies at a time.
 """
 
+import asyncio
 import hmac
 import json
+import math
+import re
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -14,14 +21,19 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError
 
-from .. import logs, openapi
+from .. import logs, openapi, origin
 from . import answers
 from .bodies import CheckBody, StartBody
 from .config import GatewayConfig, parse_args
 from .dispatch import Dispatcher
-from .jobs import Job
-from .stores import open_store
+from .jobs import Job, owner_of
+from .stores import QueueFull, open_store
 from .webhooks import Webhooks
+
+# Where a body names its key: any "apiKey": "..." in it. Only a filter (the parsed top-level field decides).
+API_KEY_IN_BODY = re.compile(rb'"apiKey"\s*:\s*"([^"\\]{0,256})"')
+MISSING_KEY = "error: apiKey: required (in the body, or as the header Authorization: Bearer KEY)"
+PARSERS = 2  # bodies parsed at once: 8 x 32 MB of JSON objects at once made the gateway unresponsive
 
 
 PLAYGROUND = (Path(__file__).parent / "playground.html").read_text()
@@ -39,10 +51,13 @@ class Rejected(Exception):
 
 
 def create_app(config: GatewayConfig) -> FastAPI:
-    store = open_store(config.store)
+    store = open_store(config.store, config.result_ttl, config.max_queued, config.max_queued_bytes)
     webhooks = Webhooks(config.webhook_hosts,
                         config.webhook_secret.get_secret_value() if config.webhook_secret else None)
-    dispatcher = Dispatcher(store, config.backends, config.job_timeout, config.lease, config.result_ttl, webhooks)
+    dispatcher = Dispatcher(store, config.backends, config.job_timeout, config.lease, webhooks)
+    keys = [key.get_secret_value().encode() for key in config.api_keys]
+    parsers = asyncio.Semaphore(PARSERS)
+    loopback_listener = config.loopback_only()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -57,9 +72,20 @@ def create_app(config: GatewayConfig) -> FastAPI:
     app.openapi = lambda: document  # served at /openapi.json: FastAPI cannot see bodies parsed by hand
     app.state.dispatcher = dispatcher
 
+    @app.middleware("http")
+    async def refuse_other_sites(request: Request, call_next):
+        refused = origin.refusal(request.headers, loopback_listener)
+        if refused:
+            return JSONResponse(answers.error(f"error: {refused}"), status_code=403)
+        return await call_next(request)
+
     @app.exception_handler(Rejected)
     async def rejected(_: Request, rejection: Rejected) -> JSONResponse:
         return JSONResponse(answers.error(str(rejection)))  # HTTP 200, as Banana answered every failure
+
+    @app.exception_handler(QueueFull)
+    async def queue_full(_: Request, refusal: QueueFull) -> JSONResponse:
+        return JSONResponse(answers.error(str(refusal)))
 
     @app.exception_handler(RedisConnectionError)
     @app.exception_handler(RedisTimeoutError)
@@ -68,7 +94,11 @@ def create_app(config: GatewayConfig) -> FastAPI:
         logs.event("store_unavailable", error=type(error).__name__)
         return JSONResponse(answers.error("error: the job store is unavailable, try again shortly"))
 
-    async def parse(request: Request, schema: type[BaseModel]) -> BaseModel:
+    async def parse(request: Request, schema: type[BaseModel]) -> tuple[BaseModel, str]:
+        """The body, validated, and the key it was sent with (from a header or the body)."""
+        header_key = header_api_key(request)
+        if header_key is not None and not authorized(header_key.encode()):
+            raise Rejected("error: invalid apiKey")
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > config.max_body_bytes:
             raise Rejected(f"error: body: larger than {config.max_body_bytes} bytes")
@@ -77,66 +107,96 @@ def create_app(config: GatewayConfig) -> FastAPI:
             body += chunk
             if len(body) > config.max_body_bytes:
                 raise Rejected(f"error: body: larger than {config.max_body_bytes} bytes")
-        try:
-            data = json.loads(body, parse_constant=_not_json)
-        except (ValueError, RecursionError):
-            raise Rejected("error: body: not valid JSON") from None
+        if header_key is None and keys:
+            candidates = API_KEY_IN_BODY.findall(body)[:16]
+            if not candidates:
+                raise Rejected(MISSING_KEY)
+            if not any([authorized(found) for found in candidates]):
+                raise Rejected("error: invalid apiKey")
+        async with parsers:
+            data = await asyncio.to_thread(_load_json, bytes(body))
         try:
             parsed = schema.model_validate(data)
         except ValidationError as error:
             problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg'].lower()}"
                                  for e in error.errors(include_url=False))
             raise Rejected(f"error: {problems}") from None
-        if not authorized(parsed.apiKey):
+        api_key = header_key if header_key is not None else parsed.apiKey
+        if api_key is None:
+            raise Rejected(MISSING_KEY)
+        if header_key is None and not authorized(api_key.encode()):
             raise Rejected("error: invalid apiKey")
-        return parsed
+        return parsed, api_key
 
-    def authorized(api_key: str) -> bool:
-        if not config.api_keys:
+    def authorized(api_key: bytes) -> bool:
+        if not keys:
             return True  # only on loopback: parse_args refuses to listen further without keys
-        matches = [hmac.compare_digest(api_key.encode(), key.get_secret_value().encode()) for key in config.api_keys]
-        return any(matches)
+        return any([hmac.compare_digest(api_key, key) for key in keys])
+
+    def unauthorized(request: Request) -> JSONResponse | None:
+        """The operational routes (/metrics, /healthz) take the key as a header, like Prometheus' bearer auth, and
+        answer 401 without it: monitoring reads status codes, not Banana's envelope."""
+        key = header_api_key(request)
+        if keys and (key is None or not authorized(key.encode())):
+            return JSONResponse({"error": "send an API key as Authorization: Bearer KEY"}, status_code=401)
+        return None
+
+    async def owned(call_id: str, api_key: str) -> Job:
+        """The job, if this key started it: any other key is told it does not exist."""
+        job = await store.get(call_id)
+        if job is None or not hmac.compare_digest(job.owner, owner_of(api_key)):
+            raise Rejected.unknown(call_id)
+        return job
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def playground() -> HTMLResponse:
         return HTMLResponse(PLAYGROUND, headers={"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff"})
 
-    @app.get("/metrics", response_class=PlainTextResponse, include_in_schema=False)
-    async def metrics() -> PlainTextResponse:
-        text = dispatcher.metrics.render(await store.counts(), dispatcher.healthy)
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(request: Request):
+        if refused := unauthorized(request):
+            return refused
+        text = dispatcher.metrics.render(dispatcher.counts, dispatcher.healthy)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     @app.post("/cancel/v4")
     @app.post("/cancel/v4/", include_in_schema=False)
     async def cancel(request: Request) -> dict:
-        body = await parse(request, CheckBody)
-        job = await store.get(body.callID)
-        if job is None:
-            raise Rejected.unknown(body.callID)
+        body, api_key = await parse(request, CheckBody)
+        job = await owned(body.callID, api_key)
         cancelled = await dispatcher.cancel(job)
         if cancelled is None:
             raise Rejected(f"error: callID {body.callID[:80]!r} has already ended ({job.state})")
-        answer = answers.job_answer(cancelled)
+        answer = answers.job_answer(cancelled, None)
         answer["message"] = "cancelled"
         return answer
 
     @app.get("/healthz")
-    async def healthz() -> dict:
+    async def healthz(request: Request):
+        if refused := unauthorized(request):
+            return refused
         return {"ok": True, "backends": dispatcher.healthy}
+
+    @app.get("/livez")
+    async def livez() -> dict:
+        """For a liveness probe that carries no key: the event loop answers. Says nothing else."""
+        return {"ok": True}
 
     @app.post("/start/v4")
     @app.post("/start/v4/", include_in_schema=False)
     async def start(request: Request) -> dict:
-        body = await parse(request, StartBody)
+        body, api_key = await parse(request, StartBody)
         if config.model_key and not hmac.compare_digest(body.modelKey.encode(),
                                                         config.model_key.get_secret_value().encode()):
             raise Rejected("error: unknown modelKey")
         if body.webhook and (refusal := webhooks.refusal(body.webhook)):
             raise Rejected(f"error: {refusal}")
-        job = await dispatcher.submit(Job(model_key=body.modelKey, inputs=body.modelInputs, webhook=body.webhook))
+        inputs = await asyncio.to_thread(json.dumps, body.modelInputs, ensure_ascii=False)  # forwarded as is
+        job = await dispatcher.submit(Job(model_key=body.modelKey, owner=owner_of(api_key), webhook=body.webhook),
+                                      inputs)
         if not body.startOnly:
             job = await dispatcher.wait(job.call_id, config.sync_timeout, request.is_disconnected)
-        answer = answers.job_answer(job, await store.position(job))
+        answer = answers.job_answer(job, await store.result(job), await store.position(job))
         if not job.done:
             answer["message"] = ""  # Banana's start said "" until the call finished
         return answer
@@ -144,18 +204,45 @@ def create_app(config: GatewayConfig) -> FastAPI:
     @app.post("/check/v4")
     @app.post("/check/v4/", include_in_schema=False)
     async def check(request: Request) -> dict:
-        body = await parse(request, CheckBody)
+        body, api_key = await parse(request, CheckBody)
+        await owned(body.callID, api_key)
         job = await dispatcher.wait(body.callID, config.long_poll if body.longPoll else 0, request.is_disconnected)
-        if job is None:
+        if job is None:  # forgotten (its tombstone lapsed) while we waited
             raise Rejected.unknown(body.callID)
-        return answers.job_answer(job, await store.position(job))
+        return answers.job_answer(job, await store.result(job), await store.position(job))
 
     return app
 
 
+def header_api_key(request: Request) -> str | None:
+    authorization = request.headers.get("authorization", "")
+    if authorization[:7].lower() == "bearer ":
+        return authorization[7:].strip()
+    return request.headers.get("x-banana-api-key")
+
+
+def _load_json(body: bytes):
+    """A body as JSON that can be sent on as it came: no NaN or infinities (JSON has neither; Python reads both,
+    and 1e999 as infinity), no lone surrogates (they cannot be encoded to forward)."""
+    try:
+        data = json.loads(body, parse_constant=_not_json, parse_float=_finite)
+        json.dumps(data, ensure_ascii=False).encode()
+    except UnicodeEncodeError:  # a ValueError too: first
+        raise Rejected("error: body: a string holds a lone surrogate (\\ud800-\\udfff), which is not text") from None
+    except (ValueError, RecursionError):
+        raise Rejected("error: body: not valid JSON") from None
+    return data
+
+
 def _not_json(constant: str) -> None:
-    # Python's json reads NaN and Infinity; JSON has neither, so neither could be sent on to a replica.
     raise ValueError(f"{constant} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is beyond a double's range")
+    return value
 
 
 def main(argv: list[str] | None = None) -> None:

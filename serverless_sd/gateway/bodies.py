@@ -6,7 +6,7 @@ from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr
 class StartBody(BaseModel):
     model_config = ConfigDict(extra="ignore")  # Banana's SDKs also send id and created
 
-    apiKey: StrictStr
+    apiKey: StrictStr | None = None  # or as a header: Authorization: Bearer KEY
     modelKey: StrictStr
     modelInputs: dict
     startOnly: StrictBool = False
@@ -16,6 +16,6 @@ class StartBody(BaseModel):
 class CheckBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    apiKey: StrictStr
+    apiKey: StrictStr | None = None
     callID: StrictStr
     longPoll: StrictBool = False

@@ -3,6 +3,7 @@
 A replica that fails mid-job is taken out until its /__status__ answers again, and the job is retried once
 (on whichever replica is free first); a job past its time limit fails with an error. While a job runs, its
 gateway renews the job's lease; a job whose lease lapses (its gateway died) is queued again by any gateway.
+Webhooks due in the store's outbox are delivered by whichever gateway sees them first.
 """
 
 import asyncio
@@ -14,42 +15,47 @@ import httpx
 from .. import logs
 from .answers import job_answer
 from .jobs import Job
-from .stores import Store
 from .metrics import Metrics
-from .webhooks import Webhooks
+from .stores import JobStore
+from .webhooks import TIMEOUT_S, Webhooks
 
 MAX_ATTEMPTS = 2
 
 
 class Dispatcher:
-    def __init__(self, store: Store, backends: list[str], job_timeout_s: float, lease_s: float,
-                 result_ttl_s: float, webhooks: Webhooks):
+    def __init__(self, store: JobStore, backends: list[str], job_timeout_s: float, lease_s: float,
+                 webhooks: Webhooks):
         self.store = store
         self.backends = backends
         self.job_timeout_s = job_timeout_s
         self.lease_s = lease_s
-        self.result_ttl_s = result_ttl_s
         self.webhooks = webhooks
+        self.counts: dict[str, int] = {}  # jobs queued and running, refreshed each second for /metrics
         self.healthy: dict[str, bool] = {url: False for url in backends}
         self._client = httpx.AsyncClient(timeout=httpx.Timeout(job_timeout_s, connect=5))
         self._work = asyncio.Event()
         self._finished = asyncio.Event()
+        self._outbox = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
+        self._deliveries: set[asyncio.Task] = set()
         self.metrics = Metrics()
 
     async def start(self) -> None:
         await self._ended(await self.store.recover(MAX_ATTEMPTS))
         self._tasks = [asyncio.create_task(self._serve(url)) for url in self.backends]
         self._tasks.append(asyncio.create_task(self._maintain()))
+        self._tasks.append(asyncio.create_task(self._deliver_webhooks()))
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._client.aclose()
+        await self.webhooks.close()
 
-    async def submit(self, job: Job) -> Job:
-        job = await self.store.add(job)
+    async def submit(self, job: Job, inputs: str) -> Job:
+        """Queue a job whose modelInputs are already JSON text (raises QueueFull past the queue's bounds)."""
+        job = await self.store.add(job, inputs)
         logs.event("job", call_id=job.call_id, state=job.state)
         self._work.set()
         return job
@@ -116,9 +122,13 @@ class Dispatcher:
 
     async def _run(self, job: Job, url: str) -> None:
         logs.event("job", call_id=job.call_id, state=job.state, backend=url, attempt=job.attempts)
+        inputs = await self.store.inputs(job.call_id)
+        if inputs is None:  # cancelled between the claim and now: its inputs are gone with it
+            return
         keeper = asyncio.create_task(self._keep_lease(job))
         try:
-            response = await self._client.post(f"{url}/", json=job.inputs, headers={"X-Banana-Request-Id": job.call_id})
+            response = await self._client.post(f"{url}/", content=inputs.encode(), headers={
+                "X-Banana-Request-Id": job.call_id, "Content-Type": "application/json"})
         except httpx.ReadTimeout:
             self.healthy[url] = False
             await self._finish(job, error=f"error: the job ran past its time limit of {self.job_timeout_s:g} s")
@@ -144,7 +154,7 @@ class Dispatcher:
             except Exception as error:  # noqa: BLE001 - a store outage: try again next time, the lease has slack
                 logs.event("lease_error", call_id=job.call_id, error=type(error).__name__)
 
-    async def _finish(self, job: Job, result: dict | None = None, error: str | None = None) -> None:
+    async def _finish(self, job: Job, result: str | None = None, error: str | None = None) -> None:
         if not await self.store.finish(job, result=result, error=error):
             return  # no longer ours: recovered by another gateway
         await self._ended([await self.store.get(job.call_id)])
@@ -157,17 +167,54 @@ class Dispatcher:
         for job in jobs:
             logs.event("job", call_id=job.call_id, state=job.state, error=job.error, **job.timings())
             self.metrics.observe(job)
-            if job.webhook:
-                self.webhooks.send(job.webhook, job_answer(job))
+        self._outbox.set()
 
     async def _maintain(self) -> None:
         while True:
-            await asyncio.sleep(min(1.0, self.lease_s / 3))
             try:
+                self.counts = await self.store.counts()
                 await self._ended(await self.store.recover(MAX_ATTEMPTS))
-                await self._ended(await self.store.sweep(self.job_timeout_s, self.result_ttl_s, 6 * self.result_ttl_s))
+                await self._ended(await self.store.sweep(self.job_timeout_s))
             except Exception as error:  # noqa: BLE001 - retried on the next round
                 logs.event("maintenance_error", error=f"{type(error).__name__}: {error}")
+            await asyncio.sleep(min(1.0, self.lease_s / 3))
+
+    async def _deliver_webhooks(self) -> None:
+        """The outbox: each due delivery is claimed in the store (one gateway per attempt), then sent."""
+        while True:
+            try:
+                for job in await self.store.due_webhooks():
+                    if job.webhook_attempts >= self.webhooks.attempts:
+                        logs.event("webhook", call_id=job.call_id, gave_up=True, attempts=job.webhook_attempts)
+                        await self.store.reschedule_webhook(job, job.webhook_attempts, None)
+                        continue
+                    # Should this gateway die mid-attempt, the next is due once this one would have timed out.
+                    if await self.store.claim_webhook(job, time.time() + TIMEOUT_S + self._delay(job.webhook_attempts)):
+                        self._spawn(self._deliver(job))
+            except Exception as error:  # noqa: BLE001 - retried on the next round
+                logs.event("webhook_error", error=type(error).__name__)
+            self._outbox.clear()
+            try:
+                await asyncio.wait_for(self._outbox.wait(), 0.5)
+            except TimeoutError:
+                pass
+
+    async def _deliver(self, job: Job) -> None:
+        current = await self.store.get(job.call_id)
+        status = await self.webhooks.deliver(job.webhook, job_answer(current, await self.store.result(current)))
+        attempt = job.webhook_attempts + 1
+        logs.event("webhook", call_id=job.call_id, attempt=attempt, status=status)
+        delivered = isinstance(status, int) and 200 <= status < 300
+        await self.store.reschedule_webhook(job, attempt, None if delivered else time.time() + self._delay(attempt - 1))
+        self._outbox.set()
+
+    def _delay(self, attempts_made: int) -> float:
+        return self.webhooks.delays[min(attempts_made, len(self.webhooks.delays) - 1)]
+
+    def _spawn(self, coroutine) -> None:
+        task = asyncio.create_task(coroutine)
+        self._deliveries.add(task)
+        task.add_done_callback(self._deliveries.discard)
 
 
 def _outcome(response: httpx.Response) -> dict:
@@ -176,7 +223,7 @@ def _outcome(response: httpx.Response) -> dict:
     except ValueError:
         body = None
     if response.status_code == 200 and isinstance(body, dict):
-        return {"result": body}
+        return {"result": response.text}
     detail = body.get("error") if isinstance(body, dict) else None
     if detail:
         return {"error": f"error: {detail}"}

@@ -1,6 +1,11 @@
 """A job's record and its lifecycle: queued -> running -> succeeded | failed (or back to queued, once, on a retry);
-queued or running -> cancelled; any end -> expired, when its result is dropped."""
+queued or running -> cancelled. An ended job's result is kept for the result TTL, then it reads as expired.
 
+The record is small (no payload): its inputs and its result live beside it in the store, read only where needed,
+so that polling a job's state costs the same whatever its images weigh.
+"""
+
+import hashlib
 import json
 import time
 import uuid
@@ -8,16 +13,23 @@ from dataclasses import asdict, dataclass, field, fields
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, EXPIRED = "queued", "running", "succeeded", "failed", "expired"
 CANCELLED = "cancelled"
+ACTIVE = (QUEUED, RUNNING)
 DONE = (SUCCEEDED, FAILED, CANCELLED, EXPIRED)
+
+
+def owner_of(api_key: str) -> str:
+    """Who may check or cancel a job: a digest of the key that started it (the key itself is never stored)."""
+    return hashlib.sha256(api_key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 @dataclass
 class Job:
     model_key: str
-    inputs: dict
+    owner: str = ""
     webhook: str | None = None
     call_id: str = field(default_factory=lambda: f"call_{uuid.uuid4()}")
     created: float = field(default_factory=time.time)
+    queued_at: float = field(default_factory=time.time)  # the queue time limit counts from here, reset on a retry
     seq: int = 0  # FIFO order, kept when a job is retried so that it keeps its place at the front
     state: str = QUEUED
     attempts: int = 0
@@ -26,14 +38,16 @@ class Job:
     lease_until: float | None = None
     backend: str | None = None
     error: str | None = None
-    result: dict | None = None
+    input_bytes: int = 0
+    webhook_due: float | None = None  # the outbox: when the webhook is (next) to be delivered; None when it is not
+    webhook_attempts: int = 0
 
     @property
     def done(self) -> bool:
         return self.state in DONE
 
     def to_fields(self) -> dict[str, str]:
-        """Flat string fields: one Redis hash field or SQLite column each, JSON-encoded."""
+        """Flat string fields: one Redis hash field each, JSON-encoded."""
         return {name: json.dumps(value) for name, value in asdict(self).items()}
 
     @classmethod
@@ -48,3 +62,6 @@ class Job:
         if self.started:
             timings["run_s"] = round((self.finished or now) - self.started, 3)
         return timings
+
+
+COLUMNS = [f.name for f in fields(Job)]

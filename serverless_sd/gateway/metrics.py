@@ -1,9 +1,8 @@
-"""GET /metrics in Prometheus' text format: jobs by state and model key, latency histograms, replica health.
+"""GET /metrics in Prometheus' text format: jobs queued and running, jobs ended, latency histograms, replica health.
 
-Model keys are credential-like, so they appear only as the first 8 hex digits of their SHA-256.
+Cheap by design (a scrape reads numbers kept in memory, never the store) and keyed like the API. Model keys are
+credential-like and unbounded in number, so no label carries one or a digest of one.
 """
-
-import hashlib
 
 from .jobs import Job
 
@@ -17,29 +16,28 @@ class Metrics:
         self.histograms = {name: [0] * len(BUCKETS) for name in ("queued", "run")}
         self.sums = {name: 0.0 for name in self.histograms}
         self.count = 0
+        self.ended: dict[str, int] = {}
         self.waiting = 0  # requests held open (sync start, long poll) right now
 
     def observe(self, job: Job) -> None:
         timings = job.timings()
         self.count += 1
+        self.ended[job.state] = self.ended.get(job.state, 0) + 1
         for name, seconds in (("queued", timings["queued_s"]), ("run", timings.get("run_s", 0.0))):
             self.sums[name] += seconds
             for i, bound in enumerate(BUCKETS):
                 if seconds <= bound:
                     self.histograms[name][i] += 1
 
-    def render(self, counts: dict[tuple[str, str], int], backends: dict[str, bool]) -> str:
-        lines = ["# HELP sd_gateway_jobs Jobs in the store, by state and model key (sha256 prefix).",
+    def render(self, counts: dict[str, int], backends: dict[str, bool]) -> str:
+        lines = ["# HELP sd_gateway_jobs Jobs in the store now, by state (every gateway's).",
                  "# TYPE sd_gateway_jobs gauge"]
-        for (state, model_key), n in sorted(counts.items()):
-            lines.append(f'sd_gateway_jobs{{state="{state}",model_key="{_label(model_key)}"}} {n}')
-        lines += ["# HELP sd_gateway_queue_length Jobs waiting for a replica, by model key.",
-                  "# TYPE sd_gateway_queue_length gauge"]
-        queued: dict[str, int] = {}
-        for (state, model_key), n in counts.items():
-            if state == "queued":
-                queued[_label(model_key)] = queued.get(_label(model_key), 0) + n
-        lines += [f'sd_gateway_queue_length{{model_key="{key}"}} {n}' for key, n in sorted(queued.items())]
+        lines += [f'sd_gateway_jobs{{state="{state}"}} {n}' for state, n in sorted(counts.items())]
+        lines += ["# HELP sd_gateway_queue_length Jobs waiting for a replica.", "# TYPE sd_gateway_queue_length gauge",
+                  f"sd_gateway_queue_length {counts.get('queued', 0)}"]
+        lines += ["# HELP sd_gateway_jobs_ended_total Jobs this gateway saw end, by outcome.",
+                  "# TYPE sd_gateway_jobs_ended_total counter"]
+        lines += [f'sd_gateway_jobs_ended_total{{state="{state}"}} {n}' for state, n in sorted(self.ended.items())]
         for name, help_text in (("queued", "waited in the queue"), ("run", "ran on a replica")):
             metric = f"sd_gateway_job_{name}_seconds"
             lines += [f"# HELP {metric} How long each ended job {help_text}.", f"# TYPE {metric} histogram"]
@@ -52,7 +50,3 @@ class Metrics:
                   "# TYPE sd_gateway_backend_up gauge"]
         lines += [f'sd_gateway_backend_up{{backend="{url}"}} {int(up)}' for url, up in backends.items()]
         return "\n".join(lines) + "\n"
-
-
-def _label(model_key: str) -> str:
-    return hashlib.sha256(model_key.encode()).hexdigest()[:8]

@@ -1,7 +1,10 @@
-"""Where jobs live: SQLite (one gateway, the default) or Redis (several gateways), behind one small interface.
+"""Where jobs live: SQLite (one gateway, the default) or Redis (several gateways).
 
-Every state change is one atomic step in the store, guarded by what the caller saw (the attempt it claimed), so
-two gateways can never both run a job, and a gateway that lost a job (its lease expired) cannot overwrite it.
+The rules (what each change of state requires and does) are written once, in JobStore. A backend implements a few
+primitives: add (within the queue's bounds), get, the two payloads, claim, update (atomic, guarded by values the
+caller saw, so two gateways can never both run a job and a gateway that lost a job cannot overwrite it), and
+index queries that cost what they return, never what the store holds: the periodic work and a check cost the same
+with ten jobs kept or a hundred thousand.
 """
 
 import asyncio
@@ -10,59 +13,180 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlparse
 
-from .jobs import CANCELLED, DONE, EXPIRED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job
-
-
-class Store(Protocol):
-    async def add(self, job: Job) -> Job: ...
-    async def get(self, call_id: str) -> Job | None: ...
-    async def claim(self, backend: str, lease_s: float) -> Job | None: ...
-    async def renew(self, job: Job, lease_s: float) -> bool: ...
-    async def finish(self, job: Job, result: dict | None = None, error: str | None = None) -> bool: ...
-    async def requeue(self, job: Job) -> bool: ...
-    async def cancel(self, job: Job) -> bool: ...
-    async def counts(self) -> dict[tuple[str, str], int]:
-        """Jobs by (state, model key) among those the store holds."""
-    async def position(self, job: Job) -> int | None: ...
-    async def recover(self, max_attempts: int) -> list[Job]:
-        """Queue again the running jobs whose lease lapsed; fail those tried max_attempts times. Returns those."""
-    async def sweep(self, queue_timeout_s: float, result_ttl_s: float, tombstone_ttl_s: float) -> list[Job]:
-        """Fail jobs queued too long (returned), expire old results, forget old tombstones."""
-    async def close(self) -> None: ...
-
-
-def open_store(url: str) -> Store:
-    parsed = urlparse(url)
-    if parsed.scheme == "sqlite":
-        return SQLiteStore(Path(url.removeprefix("sqlite:///")))
-    if parsed.scheme in ("redis", "rediss", "unix"):
-        return RedisStore(url)
-    raise ValueError(f"store: {url!r} is neither sqlite:///path nor redis://host:port/db")
-
+from .jobs import ACTIVE, CANCELLED, COLUMNS, EXPIRED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job
 
 _FAILED_RECOVERY = "error: the replica running this job stopped answering, and it was already tried {n} times"
 _QUEUE_TIMEOUT = "error: no replica took this job within {s:g} s; are the replicas up?"
 _EXPIRED = "error: this callID's result expired (results are kept {s:g} s after the job ends)"
 _CANCELLED = "error: this job was cancelled by the caller"
-_ENDED = [state for state in DONE if state != EXPIRED]
+BATCH = 100  # index entries handled per round of the periodic work
 
 
-class SQLiteStore:
-    """One file; every step in one IMMEDIATE transaction, so even two processes on one file stay consistent."""
+class QueueFull(Exception):
+    """The job was not accepted: the message (with "error") says which bound it met."""
+
+
+class Backend(Protocol):
+    async def add(self, job: Job, inputs: str, max_queued: int, max_bytes: int) -> str | None:
+        """Store a queued job (setting its seq) unless a bound is met: then which one ("queued" or "bytes")."""
+    async def get(self, call_id: str) -> Job | None: ...
+    async def inputs(self, call_id: str) -> str | None: ...
+    async def result(self, call_id: str) -> str | None: ...
+    async def claim(self, backend: str, now: float, lease_until: float) -> Job | None: ...
+    async def update(self, call_id: str, expect: dict[str, Any], changes: dict[str, Any],
+                     end: tuple[str | None, float, float] | None = None) -> bool:
+        """Apply changes if every expected field still holds. end=(result, expires, forget): the job ended now, so
+        drop its inputs, keep its result until expires and its record until forget."""
+    async def lapsed(self, now: float) -> list[Job]: ...
+    async def overdue(self, queued_before: float) -> list[Job]: ...
+    async def due_webhooks(self, now: float) -> list[Job]: ...
+    async def purge(self, now: float) -> None: ...
+    async def counts(self) -> dict[str, int]: ...
+    async def position(self, job: Job) -> int | None: ...
+    async def close(self) -> None: ...
+
+
+class JobStore:
+    """The rules of a job's life, over any Backend."""
+
+    def __init__(self, backend: Backend, result_ttl_s: float = 24 * 3600, max_queued: int = 1000,
+                 max_queued_bytes: int = 1 << 30):
+        self.backend = backend
+        self.result_ttl_s = result_ttl_s
+        self.tombstone_s = 6 * result_ttl_s  # after its result, a callID says "expired", not "does not exist"
+        self.max_queued, self.max_queued_bytes = max_queued, max_queued_bytes
+
+    async def add(self, job: Job, inputs: str) -> Job:
+        job.input_bytes = len(inputs.encode())
+        refused = await self.backend.add(job, inputs, self.max_queued, self.max_queued_bytes)
+        if refused == "queued":
+            raise QueueFull(f"error: the queue is full ({self.max_queued} jobs wait for this modelKey); try again later")
+        if refused == "bytes":
+            raise QueueFull(f"error: the queue is full ({self.max_queued_bytes} bytes of inputs wait); try again later")
+        return job
+
+    async def get(self, call_id: str) -> Job | None:
+        job = await self.backend.get(call_id)
+        if job and job.done and job.finished and time.time() > job.finished + self.result_ttl_s:
+            job.state, job.error = EXPIRED, _EXPIRED.format(s=self.result_ttl_s)
+        return job
+
+    async def inputs(self, call_id: str) -> str | None:
+        return await self.backend.inputs(call_id)
+
+    async def result(self, job: Job) -> dict | None:
+        text = await self.backend.result(job.call_id) if job.state == SUCCEEDED else None
+        return json.loads(text) if text else None
+
+    async def claim(self, backend: str, lease_s: float) -> Job | None:
+        now = time.time()
+        return await self.backend.claim(backend, now, now + lease_s)
+
+    async def renew(self, job: Job, lease_s: float) -> bool:
+        return await self._update(job, RUNNING, lease_until=time.time() + lease_s)
+
+    async def finish(self, job: Job, result: str | None = None, error: str | None = None) -> bool:
+        return await self._end(job, RUNNING, FAILED if error else SUCCEEDED, error, result)
+
+    async def requeue(self, job: Job) -> bool:
+        return await self._update(job, RUNNING, state=QUEUED, queued_at=time.time(), lease_until=None, backend=None)
+
+    async def cancel(self, job: Job) -> bool:
+        return job.state in ACTIVE and await self._end(job, job.state, CANCELLED, _CANCELLED)
+
+    async def recover(self, max_attempts: int) -> list[Job]:
+        """Queue again the running jobs whose lease lapsed; fail those tried max_attempts times. Returns those.
+        Guarded by the lease seen: a job renewed at the last moment is left to its gateway."""
+        failed = []
+        for job in await self.backend.lapsed(time.time()):
+            if job.attempts < max_attempts:
+                await self._update(job, RUNNING, {"lease_until": job.lease_until}, state=QUEUED,
+                                   queued_at=time.time(), lease_until=None, backend=None)
+            elif await self._end(job, RUNNING, FAILED, _FAILED_RECOVERY.format(n=job.attempts),
+                                 guard={"lease_until": job.lease_until}):
+                failed.append(await self.get(job.call_id))
+        return failed
+
+    async def sweep(self, queue_timeout_s: float) -> list[Job]:
+        """Fail the jobs that waited in the queue past the limit (returned); drop what has expired."""
+        failed = []
+        for job in await self.backend.overdue(time.time() - queue_timeout_s):
+            if await self._end(job, QUEUED, FAILED, _QUEUE_TIMEOUT.format(s=queue_timeout_s),
+                               guard={"queued_at": job.queued_at}):
+                failed.append(await self.get(job.call_id))
+        await self.backend.purge(time.time())
+        return failed
+
+    async def due_webhooks(self) -> list[Job]:
+        return await self.backend.due_webhooks(time.time())
+
+    async def claim_webhook(self, job: Job, retry_at: float) -> bool:
+        """Take one delivery attempt (another gateway cannot take the same one); the next is due at retry_at."""
+        return await self.backend.update(job.call_id, {"webhook_due": job.webhook_due,
+                                                       "webhook_attempts": job.webhook_attempts},
+                                         {"webhook_due": retry_at, "webhook_attempts": job.webhook_attempts + 1})
+
+    async def reschedule_webhook(self, job: Job, attempts: int, due: float | None) -> bool:
+        """After attempt number `attempts`: the next is due then, or None (delivered or given up: out of the outbox)."""
+        return await self.backend.update(job.call_id, {"webhook_attempts": attempts}, {"webhook_due": due})
+
+    async def counts(self) -> dict[str, int]:
+        return await self.backend.counts()
+
+    async def position(self, job: Job) -> int | None:
+        return await self.backend.position(job) if job.state == QUEUED else None
+
+    async def close(self) -> None:
+        await self.backend.close()
+
+    async def _update(self, job: Job, expected: str, guard: dict | None = None, **changes) -> bool:
+        return await self.backend.update(job.call_id, {"state": expected, "attempts": job.attempts, **(guard or {})},
+                                         changes)
+
+    async def _end(self, job: Job, expected: str, state: str, error: str | None, result: str | None = None,
+                   guard: dict | None = None) -> bool:
+        now = time.time()
+        changes = {"state": state, "error": error, "finished": now, "lease_until": None,
+                   "webhook_due": now if job.webhook else None}
+        return await self.backend.update(
+            job.call_id, {"state": expected, "attempts": job.attempts, **(guard or {})}, changes,
+            end=(result, now + self.result_ttl_s, now + self.result_ttl_s + self.tombstone_s))
+
+
+def open_store(url: str, result_ttl_s: float = 24 * 3600, max_queued: int = 1000,
+               max_queued_bytes: int = 1 << 30) -> JobStore:
+    parsed = urlparse(url)
+    if parsed.scheme == "sqlite":
+        backend: Backend = SQLiteBackend(Path(url.removeprefix("sqlite:///")))
+    elif parsed.scheme in ("redis", "rediss", "unix"):
+        backend = RedisBackend(url)
+    else:
+        raise ValueError(f"store: {url!r} is neither sqlite:///path nor redis://host:port/db")
+    return JobStore(backend, result_ttl_s, max_queued, max_queued_bytes)
+
+
+class SQLiteBackend:
+    """One file; every step in one IMMEDIATE transaction, so even two processes on one file stay consistent.
+    A job's record is a row of columns (indexed by state and deadline); its payloads a row of their own."""
 
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS jobs (call_id TEXT PRIMARY KEY, seq INTEGER, state TEXT, "
-            "lease_until REAL, created REAL, finished REAL, fields TEXT NOT NULL)"
-        )
-        self._db.execute("CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, seq)")
+        self._db.execute(f"CREATE TABLE IF NOT EXISTS job (call_id TEXT PRIMARY KEY, "
+                         f"{', '.join(c for c in COLUMNS if c != 'call_id')}, forget_at REAL)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS job_payload (call_id TEXT PRIMARY KEY, inputs TEXT, "
+                         "result TEXT, expires REAL)")
+        for name, columns in (("by_seq", "state, seq"), ("by_queued_at", "state, queued_at"),
+                              ("by_lease", "state, lease_until"), ("by_model_key", "state, model_key"),
+                              ("by_webhook_due", "webhook_due"), ("by_forget_at", "forget_at")):
+            self._db.execute(f"CREATE INDEX IF NOT EXISTS job_{name} ON job ({columns})")
+        self._db.execute("CREATE INDEX IF NOT EXISTS job_payload_by_expires ON job_payload (expires)")
         self._lock = threading.Lock()
+        self._select = f"SELECT {', '.join(COLUMNS)} FROM job"
 
     async def _run(self, step, *args):
         return await asyncio.to_thread(self._transaction, step, *args)
@@ -78,156 +202,186 @@ class SQLiteStore:
                 self._db.execute("ROLLBACK")
                 raise
 
-    def _load(self, call_id: str) -> Job | None:
-        row = self._db.execute("SELECT fields FROM jobs WHERE call_id = ?", (call_id,)).fetchone()
-        return Job.from_fields(json.loads(row[0])) if row else None
+    def _jobs(self, where: str, *params) -> list[Job]:
+        return [Job(**dict(zip(COLUMNS, row))) for row in self._db.execute(f"{self._select} {where}", params)]
 
-    def _save(self, job: Job) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO jobs (call_id, seq, state, lease_until, created, finished, fields) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (job.call_id, job.seq, job.state, job.lease_until, job.created, job.finished,
-             json.dumps(job.to_fields())),
-        )
-
-    def _update_if(self, job: Job, expected_state: str, **changes) -> bool:
-        current = self._load(job.call_id)
-        if current is None or current.state != expected_state or current.attempts != job.attempts:
-            return False
-        for name, value in changes.items():
-            setattr(current, name, value)
-        self._save(current)
-        return True
-
-    async def add(self, job: Job) -> Job:
+    async def add(self, job: Job, inputs: str, max_queued: int, max_bytes: int) -> str | None:
         def step():
-            job.seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
-            self._save(job)
-            return job
+            queued = self._db.execute("SELECT COUNT(*) FROM job WHERE state = ? AND model_key = ?",
+                                      (QUEUED, job.model_key)).fetchone()[0]
+            if queued >= max_queued:
+                return "queued"
+            held = self._db.execute("SELECT COALESCE(SUM(input_bytes), 0) FROM job WHERE state IN (?, ?)",
+                                    ACTIVE).fetchone()[0]
+            if held + job.input_bytes > max_bytes:
+                return "bytes"
+            job.seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM job").fetchone()[0]
+            values = [getattr(job, c) for c in COLUMNS]
+            self._db.execute(f"INSERT INTO job ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
+                             values)
+            self._db.execute("INSERT INTO job_payload (call_id, inputs) VALUES (?, ?)", (job.call_id, inputs))
+            return None
         return await self._run(step)
 
     async def get(self, call_id: str) -> Job | None:
-        return await self._run(self._load, call_id)
+        found = await self._run(self._jobs, "WHERE call_id = ?", call_id)
+        return found[0] if found else None
 
-    async def claim(self, backend: str, lease_s: float) -> Job | None:
+    async def _payload(self, call_id: str, column: str) -> str | None:
+        row = await self._run(lambda: self._db.execute(f"SELECT {column} FROM job_payload WHERE call_id = ?",
+                                                       (call_id,)).fetchone())
+        return row[0] if row else None
+
+    async def inputs(self, call_id: str) -> str | None:
+        return await self._payload(call_id, "inputs")
+
+    async def result(self, call_id: str) -> str | None:
+        return await self._payload(call_id, "result")
+
+    async def claim(self, backend: str, now: float, lease_until: float) -> Job | None:
         def step():
-            row = self._db.execute(
-                "SELECT call_id FROM jobs WHERE state = ? ORDER BY seq LIMIT 1", (QUEUED,)
-            ).fetchone()
-            if row is None:
+            found = self._jobs("WHERE state = ? ORDER BY seq LIMIT 1", QUEUED)
+            if not found:
                 return None
-            job = self._load(row[0])
-            now = time.time()
-            job.state, job.attempts, job.started, job.backend = RUNNING, job.attempts + 1, now, backend
-            job.lease_until = now + lease_s
-            self._save(job)
+            job = found[0]
+            job.state, job.attempts, job.started, job.lease_until, job.backend = (
+                RUNNING, job.attempts + 1, now, lease_until, backend)
+            self._db.execute("UPDATE job SET state = ?, attempts = ?, started = ?, lease_until = ?, backend = ? "
+                             "WHERE call_id = ?", (RUNNING, job.attempts, now, lease_until, backend, job.call_id))
             return job
         return await self._run(step)
 
-    async def renew(self, job: Job, lease_s: float) -> bool:
-        return await self._run(lambda: self._update_if(job, RUNNING, lease_until=time.time() + lease_s))
+    async def update(self, call_id: str, expect: dict[str, Any], changes: dict[str, Any],
+                     end: tuple[str | None, float, float] | None = None) -> bool:
+        assert set(expect) | set(changes) <= set(COLUMNS)  # names are ours, never a caller's
+        if end:
+            changes = {**changes, "forget_at": end[2]}
 
-    async def finish(self, job: Job, result: dict | None = None, error: str | None = None) -> bool:
-        state = FAILED if error else SUCCEEDED
-        return await self._run(lambda: self._update_if(
-            job, RUNNING, state=state, result=result, error=error, finished=time.time(), lease_until=None))
-
-    async def requeue(self, job: Job) -> bool:
-        return await self._run(lambda: self._update_if(job, RUNNING, state=QUEUED, lease_until=None, backend=None))
-
-    async def cancel(self, job: Job) -> bool:
-        return job.state in (QUEUED, RUNNING) and await self._run(lambda: self._update_if(
-            job, job.state, state=CANCELLED, error=_CANCELLED, finished=time.time(), lease_until=None))
-
-    async def counts(self) -> dict[tuple[str, str], int]:
         def step():
-            rows = self._db.execute("SELECT state, json_extract(fields, '$.model_key'), COUNT(*) FROM jobs "
-                                    "GROUP BY 1, 2").fetchall()
-            return {(state, json.loads(key)): n for state, key, n in rows}
+            cursor = self._db.execute(
+                f"UPDATE job SET {', '.join(f'{k} = ?' for k in changes)} "
+                f"WHERE call_id = ? AND {' AND '.join(f'{k} IS ?' for k in expect)}",
+                (*changes.values(), call_id, *expect.values()))
+            if cursor.rowcount and end:
+                self._db.execute("UPDATE job_payload SET inputs = NULL, result = ?, expires = ? WHERE call_id = ?",
+                                 (end[0], end[1], call_id))
+            return cursor.rowcount == 1
+        return await self._run(step)
+
+    async def lapsed(self, now: float) -> list[Job]:
+        return await self._run(self._jobs, "WHERE state = ? AND lease_until < ? LIMIT ?", RUNNING, now, BATCH)
+
+    async def overdue(self, queued_before: float) -> list[Job]:
+        return await self._run(self._jobs, "WHERE state = ? AND queued_at < ? LIMIT ?", QUEUED, queued_before, BATCH)
+
+    async def due_webhooks(self, now: float) -> list[Job]:
+        return await self._run(self._jobs, "WHERE webhook_due <= ? ORDER BY webhook_due LIMIT ?", now, BATCH)
+
+    async def purge(self, now: float) -> None:
+        def step():
+            self._db.execute("DELETE FROM job_payload WHERE call_id IN (SELECT call_id FROM job_payload "
+                             "WHERE expires < ? LIMIT ?)", (now, BATCH * 10))
+            self._db.execute("DELETE FROM job WHERE call_id IN (SELECT call_id FROM job WHERE forget_at < ? "
+                             "LIMIT ?)", (now, BATCH * 10))
+        await self._run(step)
+
+    async def counts(self) -> dict[str, int]:
+        def step():
+            return {state: self._db.execute("SELECT COUNT(*) FROM job WHERE state = ?", (state,)).fetchone()[0]
+                    for state in ACTIVE}
         return await self._run(step)
 
     async def position(self, job: Job) -> int | None:
-        def step():
-            if job.state != QUEUED:
-                return None
-            return self._db.execute("SELECT COUNT(*) FROM jobs WHERE state = ? AND seq < ?",
-                                    (QUEUED, job.seq)).fetchone()[0]
-        return await self._run(step)
-
-    async def recover(self, max_attempts: int) -> list[Job]:
-        def step():
-            failed = []
-            for (call_id,) in self._db.execute("SELECT call_id FROM jobs WHERE state = ? AND lease_until < ?",
-                                               (RUNNING, time.time())).fetchall():
-                job = self._load(call_id)
-                if job.attempts < max_attempts:
-                    self._update_if(job, RUNNING, state=QUEUED, lease_until=None, backend=None)
-                elif self._update_if(job, RUNNING, state=FAILED, lease_until=None, finished=time.time(),
-                                     error=_FAILED_RECOVERY.format(n=job.attempts)):
-                    failed.append(self._load(call_id))
-            return failed
-        return await self._run(step)
-
-    async def sweep(self, queue_timeout_s: float, result_ttl_s: float, tombstone_ttl_s: float) -> list[Job]:
-        def step():
-            now, failed = time.time(), []
-            for (call_id,) in self._db.execute("SELECT call_id FROM jobs WHERE state = ? AND created < ?",
-                                               (QUEUED, now - queue_timeout_s)).fetchall():
-                if self._update_if(self._load(call_id), QUEUED, state=FAILED, finished=now,
-                                   error=_QUEUE_TIMEOUT.format(s=queue_timeout_s)):
-                    failed.append(self._load(call_id))
-            for (call_id,) in self._db.execute(
-                f"SELECT call_id FROM jobs WHERE state IN ({', '.join('?' * len(_ENDED))}) AND finished < ?",
-                (*_ENDED, now - result_ttl_s),
-            ).fetchall():
-                job = self._load(call_id)
-                self._update_if(job, job.state, state=EXPIRED, result=None, inputs={},
-                                error=_EXPIRED.format(s=result_ttl_s))
-            self._db.execute("DELETE FROM jobs WHERE state = ? AND finished < ?",
-                             (EXPIRED, now - result_ttl_s - tombstone_ttl_s))
-            return failed
-        return await self._run(step)
+        return await self._run(lambda: self._db.execute("SELECT COUNT(*) FROM job WHERE state = ? AND seq < ?",
+                                                        (QUEUED, job.seq)).fetchone()[0])
 
     async def close(self) -> None:
         self._db.close()
 
 
-class RedisStore:
-    """Jobs as hashes; the queue a sorted set by seq; running jobs a sorted set by lease expiry.
+class RedisBackend:
+    """A job is a small hash (its fields JSON-encoded); its inputs and result are keys of their own, the result
+    and, later, the record expiring by Redis' own TTLs. Indexes: the queue (a sorted set by seq), queue deadlines
+    (by queued_at), running jobs (by lease expiry), the webhook outbox (by due time), queued jobs per model key (a
+    hash of counts) and the bytes of inputs held. Every change is one Lua script, atomic across every gateway
+    sharing the database, and keeps the indexes in step with the record's state."""
 
-    Each guarded change is a Lua script, so it is atomic across every gateway sharing the database.
+    # KEYS: queue, deadline, by_key, bytes, seq, job, inputs.  ARGV: call_id, model_key, max_queued, max_bytes,
+    # input_bytes, inputs, then the record's field/value pairs.
+    _ADD = """
+    if tonumber(redis.call('HGET', KEYS[3], ARGV[2]) or '0') >= tonumber(ARGV[3]) then return 'queued' end
+    if tonumber(redis.call('GET', KEYS[4]) or '0') + tonumber(ARGV[5]) > tonumber(ARGV[4]) then return 'bytes' end
+    local seq = redis.call('INCR', KEYS[5])
+    for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[6], ARGV[i], ARGV[i + 1]) end
+    redis.call('HSET', KEYS[6], 'seq', tostring(seq))
+    redis.call('SET', KEYS[7], ARGV[6])
+    redis.call('ZADD', KEYS[1], seq, ARGV[1])
+    redis.call('ZADD', KEYS[2], cjson.decode(redis.call('HGET', KEYS[6], 'queued_at')), ARGV[1])
+    redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
+    redis.call('INCRBY', KEYS[4], ARGV[5])
+    return tostring(seq)
     """
-
-    _GUARDED_UPDATE = """
-    local key, queue, running = KEYS[1], KEYS[2], KEYS[3]
-    if redis.call('HGET', key, 'state') ~= ARGV[1] or redis.call('HGET', key, 'attempts') ~= ARGV[2] then
-      return 0
+    # KEYS: queue, running, deadline, by_key.  ARGV: job key prefix, started, lease_until, backend (JSON).
+    _CLAIM = """
+    while true do
+      local popped = redis.call('ZPOPMIN', KEYS[1])
+      if #popped == 0 then return nil end
+      local id = popped[1]
+      local key = ARGV[1] .. id
+      redis.call('ZREM', KEYS[3], id)
+      local model_key = redis.call('HGET', key, 'model_key')
+      if model_key then  -- else the record vanished: drop its index entries and take the next
+        if redis.call('HINCRBY', KEYS[4], model_key, -1) <= 0 then redis.call('HDEL', KEYS[4], model_key) end
+        local attempts = cjson.decode(redis.call('HGET', key, 'attempts')) + 1
+        redis.call('HSET', key, 'state', '"running"', 'attempts', tostring(attempts), 'started', ARGV[2],
+                   'lease_until', ARGV[3], 'backend', ARGV[4])
+        redis.call('ZADD', KEYS[2], tonumber(ARGV[3]), id)
+        return id
+      end
     end
-    for i = 4, #ARGV, 2 do redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
-    local state = redis.call('HGET', key, 'state')
-    local id = ARGV[3]
-    redis.call('ZREM', running, id)
-    redis.call('ZREM', queue, id)
-    if state == '"running"' then
-      redis.call('ZADD', running, cjson.decode(redis.call('HGET', key, 'lease_until')), id)
-    elseif state == '"queued"' then
-      redis.call('ZADD', queue, cjson.decode(redis.call('HGET', key, 'seq')), id)
+    """
+    # KEYS: job, queue, running, deadline, webhooks, by_key, bytes, inputs, result.
+    # ARGV: call_id, n_expect, n_changes, ended (0/1), has_result (0/1), result, result_ms, record_ms,
+    #       then the expected and the changed field/value pairs.
+    _UPDATE = """
+    local job, id = KEYS[1], ARGV[1]
+    local n_expect, n_changes = tonumber(ARGV[2]), tonumber(ARGV[3])
+    local old = redis.call('HGET', job, 'state')
+    if not old then return 0 end
+    local i = 9
+    for _ = 1, n_expect do
+      if redis.call('HGET', job, ARGV[i]) ~= ARGV[i + 1] then return 0 end
+      i = i + 2
+    end
+    for _ = 1, n_changes do redis.call('HSET', job, ARGV[i], ARGV[i + 1]); i = i + 2 end
+    local new = redis.call('HGET', job, 'state')
+    local model_key = redis.call('HGET', job, 'model_key')
+    if old == '"queued"' and new ~= '"queued"' then
+      redis.call('ZREM', KEYS[2], id)
+      redis.call('ZREM', KEYS[4], id)
+      if redis.call('HINCRBY', KEYS[6], model_key, -1) <= 0 then redis.call('HDEL', KEYS[6], model_key) end
+    elseif new == '"queued"' and old ~= '"queued"' then
+      redis.call('ZADD', KEYS[2], cjson.decode(redis.call('HGET', job, 'seq')), id)
+      redis.call('HINCRBY', KEYS[6], model_key, 1)
+    end
+    if new == '"queued"' then redis.call('ZADD', KEYS[4], cjson.decode(redis.call('HGET', job, 'queued_at')), id) end
+    if new == '"running"' then
+      redis.call('ZADD', KEYS[3], cjson.decode(redis.call('HGET', job, 'lease_until')), id)
+    else
+      redis.call('ZREM', KEYS[3], id)
+    end
+    local due = redis.call('HGET', job, 'webhook_due')
+    if due and due ~= 'null' then redis.call('ZADD', KEYS[5], cjson.decode(due), id) else redis.call('ZREM', KEYS[5], id) end
+    if ARGV[4] == '1' then
+      redis.call('DECRBY', KEYS[7], cjson.decode(redis.call('HGET', job, 'input_bytes')))
+      redis.call('DEL', KEYS[8])
+      if ARGV[5] == '1' then redis.call('SET', KEYS[9], ARGV[6], 'PX', ARGV[7]) end
+      redis.call('PEXPIRE', job, ARGV[8])
     end
     return 1
     """
-    _CLAIM = """
-    local popped = redis.call('ZPOPMIN', KEYS[1])
-    if #popped == 0 then return nil end
-    local id = popped[1]
-    local key = ARGV[1] .. id
-    local attempts = cjson.decode(redis.call('HGET', key, 'attempts')) + 1
-    redis.call('HSET', key, 'state', '"running"', 'attempts', tostring(attempts), 'started', ARGV[2],
-               'lease_until', ARGV[3], 'backend', ARGV[4])
-    redis.call('ZADD', KEYS[2], tonumber(ARGV[3]), id)
-    return id
-    """
 
-    def __init__(self, url: str, prefix: str = "sdgw:"):
+    def __init__(self, url: str, prefix: str = "sdgw2:"):
         import redis.asyncio as redis
         from redis.asyncio.retry import Retry
         from redis.backoff import ExponentialBackoff
@@ -237,94 +391,87 @@ class RedisStore:
         self._redis = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5, retry=retry,
                                            health_check_interval=10)
         self._prefix = prefix
-        self._queue, self._running, self._seq = prefix + "queue", prefix + "running", prefix + "seq"
-        self._guarded = self._redis.register_script(self._GUARDED_UPDATE)
+        names = ("queue", "running", "deadline", "webhooks", "by_key", "bytes", "seq")
+        self._queue, self._running, self._deadline, self._webhooks, self._by_key, self._bytes, self._seq = (
+            prefix + name for name in names)
+        self._add = self._redis.register_script(self._ADD)
         self._claim = self._redis.register_script(self._CLAIM)
+        self._update = self._redis.register_script(self._UPDATE)
 
-    def _key(self, call_id: str) -> str:
-        return f"{self._prefix}job:{call_id}"
+    def _key(self, call_id: str, part: str = "job") -> str:
+        return f"{self._prefix}{part}:{call_id}"
 
-    async def add(self, job: Job) -> Job:
-        job.seq = await self._redis.incr(self._seq)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self._key(job.call_id), mapping=job.to_fields())
-            pipe.zadd(self._queue, {job.call_id: job.seq})
-            await pipe.execute()
-        return job
+    async def add(self, job: Job, inputs: str, max_queued: int, max_bytes: int) -> str | None:
+        pairs = [item for pair in job.to_fields().items() for item in pair]
+        answer = (await self._add(
+            keys=[self._queue, self._deadline, self._by_key, self._bytes, self._seq, self._key(job.call_id),
+                  self._key(job.call_id, "inputs")],
+            args=[job.call_id, json.dumps(job.model_key), max_queued, max_bytes, job.input_bytes, inputs, *pairs],
+        )).decode()
+        if answer in ("queued", "bytes"):
+            return answer
+        job.seq = int(answer)
+        return None
 
     async def get(self, call_id: str) -> Job | None:
         values = await self._redis.hgetall(self._key(call_id))
         return Job.from_fields(values) if values else None
 
-    async def claim(self, backend: str, lease_s: float) -> Job | None:
-        now = time.time()
-        call_id = await self._claim(keys=[self._queue, self._running],
-                                    args=[self._prefix + "job:", json.dumps(now), json.dumps(now + lease_s),
+    async def inputs(self, call_id: str) -> str | None:
+        value = await self._redis.get(self._key(call_id, "inputs"))
+        return value.decode() if value is not None else None
+
+    async def result(self, call_id: str) -> str | None:
+        value = await self._redis.get(self._key(call_id, "result"))
+        return value.decode() if value is not None else None
+
+    async def claim(self, backend: str, now: float, lease_until: float) -> Job | None:
+        call_id = await self._claim(keys=[self._queue, self._running, self._deadline, self._by_key],
+                                    args=[self._prefix + "job:", json.dumps(now), json.dumps(lease_until),
                                           json.dumps(backend)])
         return await self.get(call_id.decode()) if call_id else None
 
-    async def _update_if(self, job: Job, expected_state: str, **changes) -> bool:
-        args = [json.dumps(expected_state), json.dumps(job.attempts), job.call_id]
-        for name, value in changes.items():
-            args += [name, json.dumps(value)]
-        return bool(await self._guarded(keys=[self._key(job.call_id), self._queue, self._running], args=args))
+    async def update(self, call_id: str, expect: dict[str, Any], changes: dict[str, Any],
+                     end: tuple[str | None, float, float] | None = None) -> bool:
+        result, expires, forget = end or (None, 0.0, 0.0)
+        now = time.time()
+        args = [call_id, len(expect), len(changes), int(end is not None), int(result is not None), result or "",
+                max(1, int((expires - now) * 1000)), max(1, int((forget - now) * 1000))]
+        for pairs in (expect, changes):
+            for name, value in pairs.items():
+                args += [name, json.dumps(value)]
+        keys = [self._key(call_id), self._queue, self._running, self._deadline, self._webhooks, self._by_key,
+                self._bytes, self._key(call_id, "inputs"), self._key(call_id, "result")]
+        return bool(await self._update(keys=keys, args=args))
 
-    async def renew(self, job: Job, lease_s: float) -> bool:
-        return await self._update_if(job, RUNNING, lease_until=time.time() + lease_s)
+    async def _indexed(self, index: str, upto: float) -> list[Job]:
+        jobs = []
+        for raw in await self._redis.zrangebyscore(index, "-inf", upto, start=0, num=BATCH):
+            job = await self.get(raw.decode())
+            if job is None:  # its record expired or vanished: the index entry goes too
+                await self._redis.zrem(index, raw)
+            else:
+                jobs.append(job)
+        return jobs
 
-    async def finish(self, job: Job, result: dict | None = None, error: str | None = None) -> bool:
-        state = FAILED if error else SUCCEEDED
-        return await self._update_if(job, RUNNING, state=state, result=result, error=error,
-                                     finished=time.time(), lease_until=None)
+    async def lapsed(self, now: float) -> list[Job]:
+        return await self._indexed(self._running, now)
 
-    async def requeue(self, job: Job) -> bool:
-        return await self._update_if(job, RUNNING, state=QUEUED, lease_until=None, backend=None)
+    async def overdue(self, queued_before: float) -> list[Job]:
+        return await self._indexed(self._deadline, queued_before)
 
-    async def cancel(self, job: Job) -> bool:
-        return job.state in (QUEUED, RUNNING) and await self._update_if(
-            job, job.state, state=CANCELLED, error=_CANCELLED, finished=time.time(), lease_until=None)
+    async def due_webhooks(self, now: float) -> list[Job]:
+        return await self._indexed(self._webhooks, now)
 
-    async def counts(self) -> dict[tuple[str, str], int]:
-        counts: dict[tuple[str, str], int] = {}
-        async for key in self._redis.scan_iter(match=self._prefix + "job:*", count=500):
-            state, model_key = await self._redis.hmget(key, "state", "model_key")
-            if state and model_key:
-                pair = (json.loads(state), json.loads(model_key))
-                counts[pair] = counts.get(pair, 0) + 1
-        return counts
+    async def purge(self, now: float) -> None:
+        """Nothing to do: results and records expire by Redis' own TTLs."""
+
+    async def counts(self) -> dict[str, int]:
+        queued, running = await asyncio.gather(self._redis.zcard(self._queue), self._redis.zcard(self._running))
+        return {QUEUED: queued, RUNNING: running}
 
     async def position(self, job: Job) -> int | None:
         return await self._redis.zrank(self._queue, job.call_id)
-
-    async def recover(self, max_attempts: int) -> list[Job]:
-        failed = []
-        for call_id in [c.decode() for c in await self._redis.zrangebyscore(self._running, "-inf", time.time())]:
-            job = await self.get(call_id)
-            if job is None or job.state != RUNNING:
-                continue
-            if job.attempts < max_attempts:
-                await self._update_if(job, RUNNING, state=QUEUED, lease_until=None, backend=None)
-            elif await self._update_if(job, RUNNING, state=FAILED, lease_until=None, finished=time.time(),
-                                       error=_FAILED_RECOVERY.format(n=job.attempts)):
-                failed.append(await self.get(call_id))
-        return failed
-
-    async def sweep(self, queue_timeout_s: float, result_ttl_s: float, tombstone_ttl_s: float) -> list[Job]:
-        now, failed = time.time(), []
-        for call_id in [c.decode() for c in await self._redis.zrange(self._queue, 0, -1)]:
-            job = await self.get(call_id)
-            if job and job.created < now - queue_timeout_s and await self._update_if(
-                job, QUEUED, state=FAILED, finished=now, error=_QUEUE_TIMEOUT.format(s=queue_timeout_s)
-            ):
-                failed.append(await self.get(call_id))
-        # An expired job keeps a tombstone (so its callID says 'expired', not 'does not exist'), then goes.
-        async for key in self._redis.scan_iter(match=self._prefix + "job:*", count=500):
-            job = Job.from_fields(await self._redis.hgetall(key))
-            if job.done and job.state != EXPIRED and job.finished and job.finished < now - result_ttl_s:
-                await self._update_if(job, job.state, state=EXPIRED, result=None, inputs={},
-                                      error=_EXPIRED.format(s=result_ttl_s))
-                await self._redis.expire(key, int(tombstone_ttl_s) + 1)
-        return failed
 
     async def close(self) -> None:
         await self._redis.aclose()

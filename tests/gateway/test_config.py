@@ -15,12 +15,12 @@ def test_defaults():
 
 
 def test_environment_defaults(monkeypatch):
-    monkeypatch.setenv("BANANA_API_KEYS", "a, b")
+    monkeypatch.setenv("BANANA_API_KEYS", "a" * 16 + ", " + "b" * 16)
     monkeypatch.setenv("BANANA_MODEL_KEY", "m")
     monkeypatch.setenv("BANANA_STORE", "redis://127.0.0.1:6379/0")
     monkeypatch.setenv("BANANA_BACKENDS", "http://a:8000,http://b:8000")
     config = parse_args([])
-    assert [k.get_secret_value() for k in config.api_keys] == ["a", "b"]
+    assert [k.get_secret_value() for k in config.api_keys] == ["a" * 16, "b" * 16]
     assert config.model_key.get_secret_value() == "m" and config.store.startswith("redis://")
     assert config.backends == ["http://a:8000", "http://b:8000"]
 
@@ -37,5 +37,25 @@ def test_loopback_needs_no_key(host):
 
 
 def test_keys_are_never_printed():
-    config = parse_args(["--backend", "http://x", "--api-key", "sk-123", "--webhook-secret", "whs-456"])
-    assert "sk-123" not in repr(config) and "whs-456" not in repr(config)
+    config = parse_args(["--backend", "http://x", "--api-key", "sk-0123456789abcdef", "--webhook-secret", "whs-456"])
+    assert "sk-0123456789abcdef" not in repr(config) and "whs-456" not in repr(config)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--api-key", ""], "at least 16 characters (one has 0)"),  # --api-key "$KEY" with KEY unset
+    (["--api-key", "short-key"], "at least 16 characters (one has 9)"),
+    (["--api-key", "a key with spaces!"], "printable ASCII only"),
+    (["--webhook-host", "hooks.example.com:http"], "--webhook-host 'hooks.example.com:http'"),
+    (["--webhook-host", "https://hooks.example.com/x"], "give a host name or address"),
+])
+def test_weak_keys_and_invalid_webhook_hosts_are_refused_at_start(args, message):
+    result = subprocess.run([sys.executable, "gateway.py", "--host", "0.0.0.0", "--backend", "http://x:8000", *args],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_an_empty_key_in_the_environment_is_refused_too(monkeypatch):
+    monkeypatch.setenv("BANANA_API_KEYS", " , ")  # only separators: no key at all, so loopback rules apply
+    assert parse_args(["--backend", "http://x"]).api_keys == []
+    with pytest.raises(SystemExit):
+        parse_args(["--host", "0.0.0.0", "--backend", "http://x"])

@@ -214,12 +214,12 @@ def test_clients_gone_mid_long_poll_leave_nothing_behind(start_gateway, replicas
     def held_open(route: str, body: dict) -> socket.socket:
         data = json.dumps(body).encode()
         sock = socket.create_connection(("127.0.0.1", gateway.port))
-        sock.sendall(f"POST {route} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        sock.sendall(f"POST {route} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                      f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
         return sock
 
-    check = {"apiKey": "test-key", "callID": call_id, "longPoll": True}
-    start = {"apiKey": "test-key", "modelKey": "test-model", "modelInputs": {**FAST, "seed": 32}}
+    check = {"apiKey": "test-key-0123456789", "callID": call_id, "longPoll": True}
+    start = {"apiKey": "test-key-0123456789", "modelKey": "test-model", "modelInputs": {**FAST, "seed": 32}}
     sockets = [held_open("/check/v4/", check) for _ in range(20)] + [held_open("/start/v4/", start)]
     deadline = time.monotonic() + 10
     while waiting(gateway) < 21:

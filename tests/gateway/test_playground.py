@@ -17,7 +17,7 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
 
 @pytest.fixture(scope="module")
 def gateway(start_gateway, controlnet_app):
-    return start_gateway([controlnet_app.url], "--api-key", "page-key")
+    return start_gateway([controlnet_app.url], "--api-key", "page-key-0123456789")
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def page(browser, gateway):
     context = browser.new_context(viewport={"width": 1100, "height": 900})
     page = context.new_page()
     page.goto(gateway.url + "/")
-    page.fill("#apiKey", "page-key")
+    page.fill("#apiKey", "page-key-0123456789")
     page.dispatch_event("#apiKey", "change")
     page.fill("#num_inference_steps", "2")
     yield page
@@ -73,7 +73,7 @@ def test_a_wrong_key_is_shown_and_the_key_stays_out_of_the_page_and_url(page, ga
     page.dispatch_event("#apiKey", "change")
     page.click("#generate")
     expect(page.locator('[data-error="apiKey"]')).to_contain_text("invalid apiKey", timeout=30_000)
-    assert "wrong-key" not in page.url and "page-key" not in page.content().replace('value="wrong-key"', "")
+    assert "wrong-key" not in page.url and "page-key-0123456789" not in page.content().replace('value="wrong-key"', "")
     assert page.evaluate("() => sessionStorage.getItem('apiKey')") == "wrong-key"
 
 
@@ -103,7 +103,7 @@ def test_works_on_a_phone_sized_screen_and_by_keyboard(browser, gateway):
     page.goto(gateway.url + "/")
     assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
     page.focus("#apiKey")
-    page.keyboard.type("page-key")
+    page.keyboard.type("page-key-0123456789")
     page.keyboard.press("Tab")  # commits the key (change event)
     page.fill("#num_inference_steps", "1")
     page.focus("#generate")
