@@ -37,6 +37,11 @@ fuzz: setup
 loadtest: setup
 	$(PY) bench/loadtest.py
 
+# 2,000 requests to one replica, then 2,000 jobs through the gateway on Redis, all under ulimit -n 256: open files,
+# memory and Redis must stay flat, no job lost or run twice (bench/results/soak.json, BENCHMARKS.md).
+soak: setup
+	$(PY) bench/soak.py
+
 download: setup
 	$(PY) download.py
 

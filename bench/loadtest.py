@@ -28,7 +28,8 @@ INPUTS = {"prompt": "a lighthouse at dusk", "num_inference_steps": 2}
 MEMORY_GROWTH_MB = 100  # jobs live in the store, not in the gateway: its memory should not follow the load
 
 
-def run_load(gateway: GatewayProcess, replicas: list[AppProcess], jobs: int, clients: int) -> dict:
+def run_load(gateway: GatewayProcess, replicas: list[AppProcess], jobs: int, clients: int,
+             api_key: str = "load-key") -> dict:
     """`jobs` startOnly jobs from `clients` threads, each polling its job to the end; then the books are checked."""
     todo: queue.Queue[int] = queue.Queue()
     for seed in range(jobs):
@@ -47,11 +48,11 @@ def run_load(gateway: GatewayProcess, replicas: list[AppProcess], jobs: int, cli
                     return
                 started = time.perf_counter()
                 try:
-                    answer = http.post("/start/v4/", json={"apiKey": "load-key", "modelKey": "load", "startOnly": True,
+                    answer = http.post("/start/v4/", json={"apiKey": api_key, "modelKey": "load", "startOnly": True,
                                                            "modelInputs": {**INPUTS, "seed": seed}}).json()
                     call_id = answer["callID"]
                     while not answer["finished"]:
-                        answer = http.post("/check/v4/", json={"apiKey": "load-key", "callID": call_id,
+                        answer = http.post("/check/v4/", json={"apiKey": api_key, "callID": call_id,
                                                                "longPoll": True}).json()
                 except (httpx.HTTPError, ValueError, KeyError) as error:
                     failures.append(f"seed {seed}: {type(error).__name__}: {error}")

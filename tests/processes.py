@@ -110,12 +110,13 @@ class GatewayProcess(Service):
 
     ready_path = "/livez"
 
-    def __init__(self, tmp: Path, backends: list[str], store: str, *flags: str, env: dict | None = None):
+    def __init__(self, tmp: Path, backends: list[str], store: str, *flags: str, env: dict | None = None,
+                 nofile: int | None = None):
         port = free_port()
         args = ["gateway.py", "--port", str(port), "--store", store, *flags]
         for backend in backends:
             args += ["--backend", backend]
-        super().__init__(tmp, args, env or {}, port)
+        super().__init__(tmp, args, env or {}, port, nofile)
 
     def call(self, route: str, body) -> dict:
         response = httpx.post(self.url + route, json=body, timeout=120)

@@ -206,5 +206,6 @@ def test_browsers_cannot_drive_a_local_app_from_another_site(sd_app, headers):
 def test_curl_and_same_origin_requests_are_served(sd_app):
     same_origin = {"Origin": sd_app.url, "Content-Type": "application/json"}
     assert httpx.post(sd_app.url, json=GOOD, headers=same_origin, timeout=60).status_code == 200
-    curl = subprocess.run(["curl", "-s", "-d", json.dumps(GOOD), sd_app.url + "/"], capture_output=True, timeout=60)
-    assert json.loads(curl.stdout)["image_base64"].startswith("data:image/png;base64,")
+    curl_d = {"Content-Type": "application/x-www-form-urlencoded", "User-Agent": "curl/8.14.1"}  # what `curl -d` sends
+    answer = httpx.post(sd_app.url, content=json.dumps(GOOD).encode(), headers=curl_d, timeout=60)
+    assert answer.json()["image_base64"].startswith("data:image/png;base64,")

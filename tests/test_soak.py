@@ -1,0 +1,19 @@
+"""The short version of `make soak` (bench/soak.py): a few hundred requests and jobs under `ulimit -n 256`."""
+
+import json
+import subprocess
+import sys
+
+from processes import ROOT
+
+
+def test_short_soak_open_files_memory_and_store_stay_flat_and_no_job_is_lost(tmp_path):
+    out = tmp_path / "soak.json"
+    result = subprocess.run([sys.executable, "bench/soak.py", "--requests", "300", "--jobs", "300", "--out", str(out)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["replica"]["ok"] and report["replica"]["samples"][-1]["request"] == 300
+    gateway = report["gateway"]
+    assert gateway["completed"] == 300 and gateway["lost"] == 0 and not gateway["ran_more_than_once"]
+    assert gateway["redis_mb"]["after_expiry"] - gateway["redis_mb"]["start"] < 8
