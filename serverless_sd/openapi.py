@@ -86,7 +86,9 @@ def gateway_document() -> dict:
         paths[path] = paths[path.rstrip("/")] = route(summary, body)
     paths["/healthz"] = {"get": {"summary": "Which replicas are up", "responses": {"200": _json("ok", {
         "type": "object", "required": ["ok", "backends"],
-        "properties": {"ok": {"type": "boolean"}, "backends": {"type": "object"}}})}}}
+        "properties": {"ok": {"type": "boolean"}, "backends": {"type": "object"}}}),
+        "401": _json("API keys are configured and the request did not send one as Authorization: Bearer KEY", ERROR),
+    }}}
     return {"openapi": "3.1.0", "info": {"title": "Banana v4 gateway", "version": "1"}, "paths": paths}
 
 
