@@ -30,7 +30,7 @@ RUN --mount=type=secret,id=HF_TOKEN,env=HF_TOKEN python3 download.py
 ENV HF_HUB_OFFLINE=1
 COPY . .
 
-USER app
+USER 10001
 EXPOSE 8000
 # Fails once the replica cannot answer or is stuck (GET /healthz: a request past STUCK_AFTER_S, files near the limit).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=300s --retries=3 CMD ["python3", "-m", "serverless_sd.health"]

@@ -11,7 +11,7 @@ SDKS := 4.0.0 6.3.0
 APP_PORT ?= 8000
 GATEWAY_PORT ?= 8080
 
-.PHONY: setup test fuzz loadtest soak serve demo download bench clean
+.PHONY: setup lint test fuzz loadtest soak serve demo download bench clean
 
 setup: $(STAMP)
 
@@ -26,7 +26,12 @@ $(STAMP): requirements.txt requirements-dev.txt package.json package-lock.json M
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $(STAMP)
 
-test: setup
+# ruff for the Python (pyproject.toml), hadolint for the Dockerfile: no Docker engine runs here to build it.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/hadolint Dockerfile
+
+test: setup lint
 	$(PY) -m pytest
 
 # The fuzz tests with 10x the cases of `make test`, on a fresh random seed each run.

@@ -51,7 +51,8 @@ def wait_with_progress(api_key: str, call_id: str) -> dict:
         if answer["message"].lower() == "success":
             print(file=sys.stderr)
             return answer
-        where = f"queue position {answer['queuePosition']}" if answer.get("queuePosition") is not None else answer.get("state", "running")
+        position = answer.get("queuePosition")
+        where = f"queue position {position}" if position is not None else answer.get("state", "running")
         print(f"\r{call_id}: {where}, {time.monotonic() - started:.0f} s", end="", file=sys.stderr, flush=True)
         time.sleep(1)
 
@@ -60,7 +61,8 @@ def save(outputs: list[dict], out_dir: Path, call_id: str) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for output in outputs:
-        for uri, seed in zip(output.get("images", [output["image_base64"]]), output.get("seeds", [output.get("seed")])):
+        uris, seeds = output.get("images", [output["image_base64"]]), output.get("seeds", [output.get("seed")])
+        for uri, seed in zip(uris, seeds, strict=True):
             header, payload = uri.split(",", 1)
             path = out_dir / f"{call_id}-{seed}.{EXTENSIONS[header[5:].split(';')[0]]}"
             path.write_bytes(base64.b64decode(payload))

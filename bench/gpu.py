@@ -27,7 +27,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     results = {"machine": {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
                            "python": platform.python_version(),
-                           "driver": subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                           "driver": subprocess.run(["nvidia-smi", "--query-gpu=driver_version",
+                                                     "--format=csv,noheader"],
                                                     capture_output=True, text=True).stdout.strip()},
                "size": SIZE, "steps": STEPS}
 
@@ -48,7 +49,7 @@ def main() -> None:
 
     safely("bare_cold_start", lambda: plain_diffusers(model, device="cuda", dtype="float16", load_only=True))
     for dtype in ("float32", "float16"):
-        safely(f"plain_{dtype}", lambda: summarize(plain_diffusers(
+        safely(f"plain_{dtype}", lambda dtype=dtype: summarize(plain_diffusers(
             model, device="cuda", dtype=dtype, size=SIZE, steps=STEPS, runs=RUNS)))
     safely("plain_float16_channels_last", lambda: summarize(plain_diffusers(
         model, device="cuda", dtype="float16", size=SIZE, steps=STEPS, runs=RUNS, channels_last=True)))

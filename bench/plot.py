@@ -13,7 +13,7 @@ RESULTS = ROOT / "bench" / "results"
 
 
 def bars(axis, title: str, rows: list[tuple[str, float]], colors: list[str]) -> None:
-    names, values = zip(*rows)
+    names, values = zip(*rows, strict=True)
     axis.barh(names, values, color=colors)
     for y, value in enumerate(values):
         axis.text(value, y, f" {value:.2f} s", va="center")

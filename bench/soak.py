@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import model_factory  # noqa: E402
 from loadtest import run_load, verdict  # noqa: E402
-from processes import AppProcess, GatewayProcess, RedisServer, TEST_KEY  # noqa: E402
+from processes import TEST_KEY, AppProcess, GatewayProcess, RedisServer  # noqa: E402
 
 NOFILE = 256
 RESULT_TTL_S = 20

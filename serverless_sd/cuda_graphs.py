@@ -35,7 +35,7 @@ class CudaGraphed:
                 self.eager.add(key)
                 return self.forward(*args, **kwargs)
         graph, static_inputs, static_output = self.graphs[key]
-        for static, value in zip(static_inputs, (t for t in leaves if isinstance(t, torch.Tensor))):
+        for static, value in zip(static_inputs, (t for t in leaves if isinstance(t, torch.Tensor)), strict=True):
             static.copy_(value)
         graph.replay()
         # A copy: the next replay overwrites the graph's output, and schedulers such as PNDM keep past outputs.

@@ -5,9 +5,18 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from PIL import Image
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
-from pydantic import (AliasChoices, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, WithJsonSchema,
-                      field_validator, model_validator)
 
 from . import images, schedulers
 
@@ -220,5 +229,6 @@ def _describe(error: dict) -> tuple[str, str]:
 
 
 def _json_type(value: Any) -> str:
-    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",
+             float: "a number"}
     return "null" if value is None else names.get(type(value), type(value).__name__)

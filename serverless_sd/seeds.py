@@ -37,7 +37,8 @@ def _check_layout() -> None:
     """Fail at import, not silently, if a PyTorch release moves the generator's state."""
     state = torch.Generator("cpu").manual_seed(5).get_state().numpy()
     words = np.frombuffer(state[_WORDS_AT:_WORDS_AT + _MT_WORDS * 8].tobytes(), "<u8")
-    if state.size != 5056 or int.from_bytes(state[:8].tobytes(), "little") != 5 or words[0] != 5 or words.max() >= 2**32:
+    initial_seed = int.from_bytes(state[:8].tobytes(), "little")
+    if state.size != 5056 or initial_seed != 5 or words[0] != 5 or words.max() >= 2**32:
         raise RuntimeError("torch's CPU generator state layout changed: serverless_sd/seeds.py must be updated")
 
 

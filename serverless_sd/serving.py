@@ -21,7 +21,9 @@ from typing import Callable
 
 import potassium.worker
 import torch
-from flask import Flask, Response as FlaskResponse, current_app, request as flask_request
+from flask import Flask, current_app
+from flask import Response as FlaskResponse
+from flask import request as flask_request
 from potassium import Potassium, Request, Response
 from werkzeug.exceptions import BadRequest, HTTPException
 

@@ -5,7 +5,11 @@ from typing import TYPE_CHECKING, Iterable
 
 from huggingface_hub import get_cached_repo_tree, model_info, snapshot_download
 from huggingface_hub.errors import (
-    CachedRepoTreeNotFoundError, GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError,
+    CachedRepoTreeNotFoundError,
+    GatedRepoError,
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
 )
 
 try:  # the HTTP library huggingface_hub 2.x is built on (1.x used httpx)

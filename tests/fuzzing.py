@@ -10,6 +10,7 @@ import os
 from hypothesis import strategies as st
 
 from serverless_sd import schedulers
+
 from test_modes import mask, picture, uri
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "1000"))

@@ -149,4 +149,5 @@ if __name__ == "__main__":
     # `make demo`: python3 tests/model_factory.py FOLDER saves the tiny random-weight SD model there.
     import sys
 
-    print(f"model_factory: a tiny model with random weights (its images are noise) in {save_tiny_sd(Path(sys.argv[1]))}")
+    folder = save_tiny_sd(Path(sys.argv[1]))
+    print(f"model_factory: a tiny model with random weights (its images are noise) in {folder}")

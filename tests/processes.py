@@ -37,9 +37,11 @@ class Service:
 
     def start(self) -> None:
         self._log = self.log_path.open("ab")
-        limit = (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))) if self.nofile else None
+        def limit() -> None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
+
         self.proc = subprocess.Popen([sys.executable, "-u", *self.args], cwd=ROOT, env=self.env, stdout=self._log,
-                                     stderr=subprocess.STDOUT, preexec_fn=limit)
+                                     stderr=subprocess.STDOUT, preexec_fn=limit if self.nofile else None)
 
     def wait_ready(self, timeout: float = 180) -> "Service":
         deadline = time.monotonic() + timeout
@@ -149,7 +151,8 @@ class RedisServer:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                                      "--dir", str(self.folder), "--databases", "256", "--save", "", "--appendonly", "yes",
+                                      "--dir", str(self.folder), "--databases", "256", "--save", "",
+                                      "--appendonly", "yes",
                                       "--appendfsync", "always"], stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:

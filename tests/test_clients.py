@@ -112,7 +112,8 @@ def test_the_postman_collection_is_v2_1_with_the_documented_variables():
     collection = json.loads((ROOT / "postman_collection.json").read_text())
     assert collection["info"]["schema"].endswith("/v2.1.0/collection.json")
     assert {v["key"] for v in collection["variable"]} >= {"baseUrl", "apiKey", "modelKey", "callID"}
-    assert [item["name"] for item in collection["item"]][:3] == ["Start (wait for result)", "Start (startOnly)", "Check"]
+    names = [item["name"] for item in collection["item"]]
+    assert names[:3] == ["Start (wait for result)", "Start (startOnly)", "Check"]
 
 
 # The original template's test.py, as the issue tracker quotes it: modelInputs straight to the replica, and

@@ -2,8 +2,9 @@
 
 import yaml
 
-from processes import ROOT
 from serverless_sd.gateway.config import parse_args
+
+from processes import ROOT
 
 
 def compose() -> dict:

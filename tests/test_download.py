@@ -8,8 +8,8 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
-from processes import ROOT, free_port
 from fake_hub import FakeHub
+from processes import ROOT, free_port
 
 
 @pytest.fixture(scope="module")

@@ -138,7 +138,8 @@ def bomb() -> str:
     ({"image": "TRUNCATED"}, "image", "truncated or corrupt"),
 ])
 def test_bad_mode_inputs_are_422_naming_the_field(sd_app, inputs, field, why):
-    replacements = {"IMAGE": uri(picture()), "MASK": uri(mask()), "BOMB": bomb(), "LARGE": uri(Image.new("1", (5000, 4000))),
+    replacements = {"IMAGE": uri(picture()), "MASK": uri(mask()), "BOMB": bomb(),
+                    "LARGE": uri(Image.new("1", (5000, 4000))),
                     "TRUNCATED": base64.b64encode(base64.b64decode(uri(picture(), data_uri=False))[:200]).decode()}
     inputs = {k: replacements.get(v, v) if isinstance(v, str) else v for k, v in inputs.items()}
     response = sd_app.post({"prompt": "a", "num_inference_steps": 2, **inputs})

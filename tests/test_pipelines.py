@@ -6,6 +6,7 @@ import torch
 
 from serverless_sd.pipelines import StableDiffusion, choose_device, choose_dtype
 from serverless_sd.settings import Settings
+
 from test_app import generate, pixels
 
 

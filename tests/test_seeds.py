@@ -3,6 +3,7 @@
 import torch
 
 from serverless_sd.seeds import generator
+
 from test_app import generate
 
 

@@ -104,7 +104,8 @@ def fault_app(start_app, models):
 
 
 @pytest.mark.parametrize("prompt, message", [
-    ("fail: oom, private words", "out of GPU memory"), ("fail: crash, private words", "internal error while generating"),
+    ("fail: oom, private words", "out of GPU memory"),
+    ("fail: crash, private words", "internal error while generating"),
 ])
 def test_an_internal_failure_is_a_500_without_internals_and_the_next_request_works(fault_app, prompt, message):
     response = fault_app.post({**GOOD, "prompt": prompt})
@@ -122,7 +123,8 @@ def test_one_log_line_per_request_with_id_sizes_steps_images_phases_outcome(sd_a
     httpx.post(sd_app.url, content=b"{", headers={"X-Banana-Request-Id": "req-log-3"})
     events = {e["request_id"]: e for e in sd_app.events()}
     ok, bad, broken = events["req-log-1"], events["req-log-2"], events["req-log-3"]
-    assert ok["status"] == 200 and (ok["width"], ok["height"], ok["images"], ok["num_inference_steps"]) == (72, 64, 2, 1)
+    assert ok["status"] == 200
+    assert (ok["width"], ok["height"], ok["images"], ok["num_inference_steps"]) == (72, 64, 2, 1)
     assert ok["inference_ms"] > 0 and ok["encode_ms"] > 0 and ok["total_ms"] >= ok["inference_ms"]
     assert bad["status"] == 422 and bad["error"].startswith("width: ")
     assert broken["status"] == 422 and broken["error"].startswith("body: ")
@@ -199,7 +201,8 @@ def test_a_prompt_past_77_tokens_leaves_no_word_in_the_log(sd_app):
 def test_browsers_cannot_drive_a_local_app_from_another_site(sd_app, headers):
     handled = len(sd_app.events())
     response = httpx.post(sd_app.url, content=json.dumps(GOOD).encode(), headers=headers, timeout=30)
-    assert response.status_code == 403 and response.json()["error"].split(":")[0] in ("Origin", "Sec-Fetch-Site", "Host")
+    assert response.status_code == 403
+    assert response.json()["error"].split(":")[0] in ("Origin", "Sec-Fetch-Site", "Host")
     assert len(sd_app.events()) == handled  # refused before the handler
 
 

@@ -8,8 +8,9 @@ import httpx
 import pytest
 from hypothesis import given, settings
 
-from fuzzing import EXAMPLES, MODEL_INPUTS, assert_clean, bodies
 from serverless_sd.schema import GenerateInputs
+
+from fuzzing import EXAMPLES, MODEL_INPUTS, assert_clean, bodies
 
 FIELDS = {*GenerateInputs.model_fields, "negative", "num_images_per_prompt"}
 STATUSES: Counter[int] = Counter()

@@ -41,7 +41,7 @@ class Metrics:
         for name, help_text in (("queued", "waited in the queue"), ("run", "ran on a replica")):
             metric = f"sd_gateway_job_{name}_seconds"
             lines += [f"# HELP {metric} How long each ended job {help_text}.", f"# TYPE {metric} histogram"]
-            for bound, n in zip(BUCKETS, self.histograms[name]):
+            for bound, n in zip(BUCKETS, self.histograms[name], strict=True):
                 lines.append(f'{metric}_bucket{{le="{"+Inf" if bound == float("inf") else bound}"}} {n}')
             lines += [f"{metric}_sum {self.sums[name]:.3f}", f"{metric}_count {self.count}"]
         lines += ["# HELP sd_gateway_requests_waiting Requests held open for a result (sync start, long poll).",

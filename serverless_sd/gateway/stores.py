@@ -63,7 +63,8 @@ class JobStore:
         job.input_bytes = len(inputs.encode())
         refused = await self.backend.add(job, inputs, self.max_queued, self.max_queued_bytes)
         if refused == "queued":
-            raise QueueFull(f"error: the queue is full ({self.max_queued} jobs wait for this modelKey); try again later")
+            raise QueueFull(f"error: the queue is full ({self.max_queued} jobs wait for this modelKey); "
+                            "try again later")
         if refused == "bytes":
             raise QueueFull(f"error: the queue is full ({self.max_queued_bytes} bytes of inputs wait); try again later")
         return job
@@ -203,7 +204,8 @@ class SQLiteBackend:
                 raise
 
     def _jobs(self, where: str, *params) -> list[Job]:
-        return [Job(**dict(zip(COLUMNS, row))) for row in self._db.execute(f"{self._select} {where}", params)]
+        rows = self._db.execute(f"{self._select} {where}", params)
+        return [Job(**dict(zip(COLUMNS, row, strict=True))) for row in rows]
 
     async def add(self, job: Job, inputs: str, max_queued: int, max_bytes: int) -> str | None:
         def step():
@@ -371,7 +373,11 @@ class RedisBackend:
       redis.call('ZREM', KEYS[3], id)
     end
     local due = redis.call('HGET', job, 'webhook_due')
-    if due and due ~= 'null' then redis.call('ZADD', KEYS[5], cjson.decode(due), id) else redis.call('ZREM', KEYS[5], id) end
+    if due and due ~= 'null' then
+      redis.call('ZADD', KEYS[5], cjson.decode(due), id)
+    else
+      redis.call('ZREM', KEYS[5], id)
+    end
     if ARGV[4] == '1' then
       redis.call('DECRBY', KEYS[7], cjson.decode(redis.call('HGET', job, 'input_bytes')))
       redis.call('DEL', KEYS[8])

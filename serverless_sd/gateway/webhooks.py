@@ -55,7 +55,8 @@ class Webhooks:
         if parsed.scheme not in DEFAULT_PORTS or not parsed.hostname or parsed.username or parsed.password:
             return "webhook: must be an http(s) URL without credentials"
         host = parsed.hostname.lower()
-        if (host, port) not in self.allowed and not ((host, None) in self.allowed and port == DEFAULT_PORTS[parsed.scheme]):
+        default_port = port == DEFAULT_PORTS[parsed.scheme]
+        if (host, port) not in self.allowed and not ((host, None) in self.allowed and default_port):
             return (f"webhook: {host}:{port} is not allowed (the operator lists hosts and ports with --webhook-host)")
         return None
 
@@ -70,7 +71,8 @@ class Webhooks:
         """One attempt: the HTTP status, or the name of the transport error."""
         body = json.dumps(answer).encode()
         try:
-            return (await self._client.post(url, content=body, headers=self.headers(body, int(time.time())))).status_code
+            response = await self._client.post(url, content=body, headers=self.headers(body, int(time.time())))
+            return response.status_code
         except httpx.HTTPError as error:
             return type(error).__name__
 

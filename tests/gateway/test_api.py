@@ -1,15 +1,17 @@
 """Banana's v4 start/check, served by gateway.py in front of a real app.py, checked field by field."""
 
-import re
-
 import json
+import re
 
 import httpx
 import pytest
 
+from processes import TEST_KEY
+
 FAST = {"prompt": "a lighthouse", "num_inference_steps": 1}
 SLOW = {"prompt": "a lighthouse", "num_inference_steps": 60}  # about 3 s on the tiny model here
-KEYS = ("--api-key", "test-key-0123456789", "--api-key", "second-key-0123456789", "--model-key", "test-model")
+SECOND_KEY = "second-key-0123456789"
+KEYS = ("--api-key", TEST_KEY, "--api-key", SECOND_KEY, "--model-key", "test-model")
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +26,7 @@ def assert_envelope(answer: dict) -> None:
 
 @pytest.mark.parametrize("route", ["/start/v4", "/start/v4/"])
 def test_start_waits_and_answers_the_apps_json(gateway, route):
-    answer = gateway.call(route, {"apiKey": "test-key-0123456789", "modelKey": "test-model", "modelInputs": {**FAST, "seed": 3}})
+    answer = gateway.call(route, {"apiKey": TEST_KEY, "modelKey": "test-model", "modelInputs": {**FAST, "seed": 3}})
     assert_envelope(answer)
     assert answer["message"] == "success" and answer["finished"] is True
     assert re.fullmatch(r"call_[0-9a-f-]{36}", answer["callID"])
@@ -52,7 +54,7 @@ def test_check_without_long_poll_says_running(gateway):
 
 
 def test_a_second_api_key_works_too(gateway):
-    answer = gateway.call("/start/v4", {"apiKey": "second-key-0123456789", "modelKey": "test-model", "modelInputs": FAST})
+    answer = gateway.call("/start/v4", {"apiKey": SECOND_KEY, "modelKey": "test-model", "modelInputs": FAST})
     assert answer["message"] == "success"
 
 
@@ -61,12 +63,14 @@ def test_a_second_api_key_works_too(gateway):
     ({"apiKey": "", "modelKey": "test-model", "modelInputs": FAST}, "error: invalid apiKey"),
     ({"apiKey": "test-key-0123456789", "modelKey": "other", "modelInputs": FAST}, "error: unknown modelKey"),
     ({"apiKey": "test-key-0123456789", "modelKey": "test-model"}, "error: modelInputs: field required"),
-    ({"apiKey": "test-key-0123456789", "modelKey": "test-model", "modelInputs": []}, "error: modelInputs: input should be a valid dictionary"),
-    ({"apiKey": "test-key-0123456789", "modelKey": "test-model", "modelInputs": FAST, "startOnly": "yes"}, "error: startOnly: input should be a valid boolean"),
+    ({"apiKey": TEST_KEY, "modelKey": "test-model", "modelInputs": []},
+     "error: modelInputs: input should be a valid dictionary"),
+    ({"apiKey": TEST_KEY, "modelKey": "test-model", "modelInputs": FAST, "startOnly": "yes"},
+     "error: startOnly: input should be a valid boolean"),
     ({"modelKey": "test-model", "modelInputs": FAST}, "error: apiKey: required (in the body, or as the header"),
     ({"apiKey": "test-key-0123456789", "modelKey": "test-model", "modelInputs": {**FAST, "width": 500}},
      "error: width: must be a multiple of 8 (got 500; try 496)"),
-    ({"apiKey": "test-key-0123456789", "modelKey": "test-model", "modelInputs": {"promt": "x"}}, "error: prompt: required"),
+    ({"apiKey": TEST_KEY, "modelKey": "test-model", "modelInputs": {"promt": "x"}}, "error: prompt: required"),
 ])
 def test_start_failures_are_200_with_an_error_message(gateway, body, message):
     answer = gateway.call("/start/v4/", body)
@@ -76,10 +80,10 @@ def test_start_failures_are_200_with_an_error_message(gateway, body, message):
 
 
 @pytest.mark.parametrize("body, message", [
-    ({"apiKey": "test-key-0123456789", "callID": "call_does-not-exist"}, "error: callID 'call_does-not-exist' does not exist"),
+    ({"apiKey": TEST_KEY, "callID": "call_does-not-exist"}, "error: callID 'call_does-not-exist' does not exist"),
     ({"apiKey": "wrong", "callID": "call_x"}, "error: invalid apiKey"),
     ({"apiKey": "test-key-0123456789"}, "error: callID: field required"),
-    ({"apiKey": "test-key-0123456789", "callID": "call_x", "longPoll": 1}, "error: longPoll: input should be a valid boolean"),
+    ({"apiKey": TEST_KEY, "callID": "call_x", "longPoll": 1}, "error: longPoll: input should be a valid boolean"),
 ])
 def test_check_failures_are_200_with_an_error_message(gateway, body, message):
     assert message in gateway.call("/check/v4/", body)["message"]

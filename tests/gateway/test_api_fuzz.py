@@ -5,10 +5,10 @@ from collections import Counter
 
 import httpx
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fuzzing import EXAMPLES, MODEL_INPUTS, assert_clean, bodies, inputs_for, numbers, texts
-
 
 MESSAGES: Counter[str] = Counter()
 

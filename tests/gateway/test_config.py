@@ -3,8 +3,9 @@ import sys
 
 import pytest
 
-from processes import ROOT
 from serverless_sd.gateway.config import parse_args
+
+from processes import ROOT
 
 
 def test_defaults():

@@ -3,8 +3,8 @@ clients that leave."""
 
 import json
 import os
-import socket
 import signal
+import socket
 import threading
 import time
 
@@ -66,7 +66,7 @@ def test_as_many_jobs_at_once_as_replicas_and_never_two_on_one(start_gateway, re
     per_replica = [sorted(request_windows(r)[c] for c in calls if c in request_windows(r)) for r in replicas]
     assert all(per_replica) and sum(map(len, per_replica)) == 6  # both replicas worked; each job ran once
     for windows in per_replica:
-        assert all(end <= next_start + 0.01 for (_, end), (next_start, _) in zip(windows, windows[1:]))
+        assert all(end <= next_start + 0.01 for (_, end), (next_start, _) in zip(windows, windows[1:], strict=False))
     assert any(a[0] < b[1] and b[0] < a[1] for a in per_replica[0] for b in per_replica[1])  # in parallel
 
 
@@ -177,7 +177,7 @@ def test_no_accepted_job_is_lost_when_redis_restarts(start_gateway, replicas, tm
         caller.join(30)
         assert started_during_outage["message"] == ""  # accepted once Redis was back: the caller never saw it go
         calls = [running, *queued, started_during_outage["callID"]]
-        for call_id, seed in zip(calls, (21, 22, 23, 24)):
+        for call_id, seed in zip(calls, (21, 22, 23, 24), strict=True):
             answer = gateway.result(call_id)
             assert answer["message"] == "success" and answer["modelOutputs"][0]["seeds"] == [seed]
             assert ran_count(replicas[0], call_id) == 1

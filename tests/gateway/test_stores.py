@@ -289,7 +289,7 @@ def test_periodic_work_and_a_check_cost_the_same_with_20_or_520_results_kept(sto
             job = await store.get(waiting.call_id)
             await store.position(job)
             after = measure()
-            return [b - a for a, b in zip(before, after)]
+            return [b - a for a, b in zip(before, after, strict=True)]
 
         await keep(20)
         small = await one_round()

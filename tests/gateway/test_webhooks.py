@@ -8,8 +8,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from processes import free_port
 from serverless_sd.gateway.webhooks import verify
+
+from processes import free_port
 
 RECEIVER_PORT = free_port()
 
