@@ -40,12 +40,12 @@ fuzz: setup
 
 # 200 startOnly jobs, 20 clients, 2 replicas of the tiny model, Redis: every job exactly once (bench/results/).
 loadtest: setup
-	$(PY) bench/loadtest.py
+	$(PY) -m bench.loadtest
 
 # 2,000 requests to one replica, then 2,000 jobs through the gateway on Redis, all under ulimit -n 256: open files,
 # memory and Redis must stay flat, no job lost or run twice (bench/results/soak.json, BENCHMARKS.md).
 soak: setup
-	$(PY) bench/soak.py
+	$(PY) -m bench.soak
 
 download: setup
 	$(PY) download.py
@@ -60,13 +60,13 @@ serve: download
 # built here. Every image it makes is noise; it shows that the parts work, not what a real model draws.
 DEMO_MODEL := models/tiny-random-weights-demo
 demo: setup
-	test -f $(DEMO_MODEL)/model_index.json || $(PY) tests/model_factory.py $(DEMO_MODEL)
+	test -f $(DEMO_MODEL)/model_index.json || $(PY) -m testkit.model_factory $(DEMO_MODEL)
 	@echo "make demo: RANDOM weights, every image is noise. Playground: http://127.0.0.1:$(GATEWAY_PORT)/"
 	$(MAKE) --no-print-directory serve MODEL_ID=$(abspath $(DEMO_MODEL))
 
 # CPU benchmark: this app against plain diffusers, side by side (builds a 2 GB random SD-1.5 model once).
 bench: setup
-	cd bench && ../$(PY) cpu.py
+	$(PY) -m bench.cpu
 	$(PY) bench/plot.py
 
 clean:

@@ -9,10 +9,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+from testkit.processes import free_port
 
-from processes import free_port  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def sd15_folder(folder: Path) -> Path:

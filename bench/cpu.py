@@ -10,7 +10,7 @@ import os
 import platform
 from pathlib import Path
 
-from common import ROOT, App, Plain, median, plain_diffusers, sd15_folder
+from bench.common import ROOT, App, Plain, median, plain_diffusers, sd15_folder
 
 SPEED = {"width": 256, "height": 256, "num_inference_steps": 4}
 

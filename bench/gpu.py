@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from common import App, median, plain_diffusers, sd15_folder
+from bench.common import App, median, plain_diffusers, sd15_folder
 
 SIZE, STEPS, RUNS = 512, 50, 3
 

@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 python3 -m pip install -q --no-index --no-deps --target /tmp/carried bench/wheels/*.whl
 export PYTHONPATH="/tmp/carried:$PWD:$PWD/bench" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-timeout 430 python3 bench/gpu.py --out "${OUT:-bench/results}"
+timeout 430 python3 -m bench.gpu --out "${OUT:-bench/results}"

@@ -11,7 +11,7 @@ import time
 import torch
 from diffusers import AutoPipelineForText2Image
 
-from common import ROOT, sd15_folder
+from bench.common import ROOT, sd15_folder
 
 
 def main() -> None:

@@ -9,7 +9,6 @@ bench/results/loadtest.json, and exits 1 if a job was lost, duplicated or mixed 
 import argparse
 import json
 import queue
-import sys
 import tempfile
 import threading
 import time
@@ -18,11 +17,10 @@ from pathlib import Path
 import httpx
 import psutil
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+from testkit import model_factory
+from testkit.processes import AppProcess, GatewayProcess, RedisServer
 
-import model_factory  # noqa: E402
-from processes import AppProcess, GatewayProcess, RedisServer  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 INPUTS = {"prompt": "a lighthouse at dusk", "num_inference_steps": 2}
 MEMORY_GROWTH_MB = 100  # jobs live in the store, not in the gateway: its memory should not follow the load

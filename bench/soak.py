@@ -9,13 +9,12 @@
    must complete exactly once with its own seed (load test's books), the gateway's open files and RSS must stay
    flat, and Redis' memory must come back to where it started once the results have expired.
 
-Writes bench/results/soak.json and prints it; exits 1 on any failure. `python3 bench/soak.py --requests 300
+Writes bench/results/soak.json and prints it; exits 1 on any failure. `python3 -m bench.soak --requests 300
 --jobs 300` is the short version `make test` runs.
 """
 
 import argparse
 import json
-import sys
 import tempfile
 import threading
 import time
@@ -25,13 +24,11 @@ import httpx
 import psutil
 import redis as redis_client
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "bench"))
+from bench.loadtest import run_load, verdict
+from testkit import model_factory
+from testkit.processes import TEST_KEY, AppProcess, GatewayProcess, RedisServer
 
-import model_factory  # noqa: E402
-from loadtest import run_load, verdict  # noqa: E402
-from processes import TEST_KEY, AppProcess, GatewayProcess, RedisServer  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 NOFILE = 256
 RESULT_TTL_S = 20

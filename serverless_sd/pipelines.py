@@ -83,12 +83,8 @@ class StableDiffusion:
         for mode in self.modes.values():
             mode.set_progress_bar_config(disable=True)
         native = pipe.unet.config.sample_size * pipe.vae_scale_factor
-        self.limits = Limits(
-            native_width=native, native_height=native, max_pixels=settings.max_pixels, max_side=settings.max_side,
-            max_steps=settings.max_steps, max_images=settings.max_images, max_prompt_chars=settings.max_prompt_chars,
-            max_input_pixels=settings.max_input_pixels, max_image_bytes=settings.max_image_bytes,
-            controlnet=controlnet is not None,
-        )
+        self.limits = Limits.from_settings(settings, native_width=native, native_height=native,
+                                           controlnet=controlnet is not None)
 
     @classmethod
     def load(cls, settings: Settings) -> "StableDiffusion":

@@ -27,8 +27,18 @@ def canonical(name: str) -> str | None:
     return key if key in SCHEDULERS else A1111_NAMES.get(key)
 
 
+# AUTOMATIC1111's display spellings, as its users type them (matching is case-insensitive all the same).
+A1111_SPELLINGS = ["Euler", "Euler a", "DDIM", "DPM++ 2M", "DPM++ 2M Karras", "UniPC", "LMS", "PLMS"]
+assert {spelling.lower() for spelling in A1111_SPELLINGS} == set(A1111_NAMES)
+
+
+def names() -> list[str]:
+    """Every spelling the API documents: this project's short names and AUTOMATIC1111's display names."""
+    return [*SCHEDULERS, *(name for name in A1111_SPELLINGS if name not in SCHEDULERS)]
+
+
 def known_names() -> str:
-    return ", ".join([*SCHEDULERS, "Euler a", "DPM++ 2M", "DPM++ 2M Karras", "PLMS"])
+    return ", ".join(names())
 
 
 def build(name: str | None, model_scheduler):

@@ -1,7 +1,7 @@
 """modelInputs: one typed schema. Every error names its field and says why, in words a caller can act on."""
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Annotated, Any, Literal
 
 from PIL import Image
@@ -40,6 +40,12 @@ class Limits:
     max_image_bytes: int = 16 * 1024 * 1024
     controlnet: bool = False
 
+    @classmethod
+    def from_settings(cls, settings: Any, **model: Any) -> "Limits":
+        """The operator's bounds as Settings holds them (same names), plus what the loaded model says."""
+        bounds = {f.name: getattr(settings, f.name) for f in fields(cls) if f.name.startswith("max_")}
+        return cls(**bounds, **model)
+
     @property
     def pixel_budget(self) -> int:
         # The model's own size is always admitted, whatever MAX_PIXELS says.
@@ -74,7 +80,8 @@ class GenerateInputs(BaseModel):
     seed: int | None = Field(None, ge=0, lt=SEED_LIMIT)
     num_images: int = Field(1, ge=1, validation_alias=AliasChoices("num_images", "num_images_per_prompt"))
     output_format: Literal["png", "jpeg", "webp"] = "png"
-    scheduler: str | None = None
+    scheduler: Annotated[str | None, WithJsonSchema({"anyOf": [{"enum": schedulers.names()}, {"type": "null"}],
+                                                     "description": "case-insensitive"})] = None
     # The mode follows from the images given: image (img2img), image + mask_image (inpainting), control_image.
     image: InputImage | None = None
     mask_image: InputImage | None = None

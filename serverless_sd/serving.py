@@ -197,7 +197,10 @@ def _harden(flask_app: Flask, settings: Settings) -> None:
     def http_error(error: HTTPException):
         if error.code == 413:
             return _json_response(413, {"error": f"body: larger than {settings.max_body_bytes} bytes"})
-        return _json_response(error.code or 500, {"error": f"{error.code} {error.name}"})
+        response = _json_response(error.code or 500, {"error": f"{error.code} {error.name}"})
+        if error.code == 405 and getattr(error, "valid_methods", None):
+            response.headers["Allow"] = ", ".join(error.valid_methods)  # RFC 9110: a 405 names what is allowed
+        return response
 
 
 def _json_response(status: int, payload: dict) -> FlaskResponse:

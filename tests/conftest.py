@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-import model_factory
-from processes import AppProcess, GatewayProcess, RedisServer
+from testkit import model_factory
+from testkit.processes import AppProcess, GatewayProcess, RedisServer
 
 # `make test` replays the same cases every run (a red CI means a change broke something); `make fuzz` draws new ones.
 SLOW_IS_FINE = [HealthCheck.too_slow, HealthCheck.data_too_large]

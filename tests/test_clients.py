@@ -14,7 +14,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from processes import ROOT, free_port
+from testkit.processes import ROOT, free_port
 
 FAST = {"prompt": "a lighthouse", "num_inference_steps": 1}
 KEYS = ("--api-key", "test-key-0123456789", "--model-key", "test-model")

@@ -3,8 +3,7 @@
 import yaml
 
 from serverless_sd.gateway.config import parse_args
-
-from processes import ROOT
+from testkit.processes import ROOT
 
 
 def compose() -> dict:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from processes import ROOT
+from testkit.processes import ROOT
 
 
 def instructions() -> list[tuple[str, str]]:

@@ -8,8 +8,8 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
-from fake_hub import FakeHub
-from processes import ROOT, free_port
+from testkit.fake_hub import FakeHub
+from testkit.processes import ROOT, free_port
 
 
 @pytest.fixture(scope="module")

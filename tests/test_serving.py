@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from processes import ROOT, free_port
+from testkit.processes import ROOT, free_port
 
 GOOD = {"prompt": "a lighthouse at dusk", "num_inference_steps": 1}
 
@@ -100,7 +100,7 @@ def test_the_server_keeps_serving_after_every_bad_request(sd_app):
 
 @pytest.fixture(scope="module")
 def fault_app(start_app, models):
-    return start_app({"MODEL_ID": str(models["sd"])}, script="tests/fault_app.py")
+    return start_app({"MODEL_ID": str(models["sd"])}, script="testkit.fault_app")
 
 
 @pytest.mark.parametrize("prompt, message", [
@@ -162,7 +162,7 @@ def test_open_files_stay_flat_over_hundreds_of_requests_under_ulimit_256(start_a
 
 
 def test_a_stuck_replica_fails_its_health_check_and_recovers(start_app, models):
-    app = start_app({"MODEL_ID": str(models["sd"]), "STUCK_AFTER_S": "2"}, script="tests/fault_app.py")
+    app = start_app({"MODEL_ID": str(models["sd"]), "STUCK_AFTER_S": "2"}, script="testkit.fault_app")
     assert httpx.get(app.url + "/healthz").json() == {"ok": True, "busy": False}
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         hanging = pool.submit(app.post, {**GOOD, "prompt": "fail: hang"})

@@ -9,8 +9,7 @@ import pytest
 from hypothesis import given, settings
 
 from serverless_sd.schema import GenerateInputs
-
-from fuzzing import EXAMPLES, MODEL_INPUTS, assert_clean, bodies
+from testkit.fuzzing import EXAMPLES, MODEL_INPUTS, assert_clean, bodies
 
 FIELDS = {*GenerateInputs.model_fields, "negative", "num_images_per_prompt"}
 STATUSES: Counter[int] = Counter()

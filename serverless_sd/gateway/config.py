@@ -3,6 +3,7 @@
 import argparse
 import ipaddress
 import os
+import typing
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 
@@ -11,23 +12,36 @@ from .webhooks import allowed_entry
 MIN_KEY_CHARS = 16
 
 
+def flag(help_text: str, env: str | None = None, name: str | None = None) -> dict:
+    """A field's command line: its help, the environment variable that stands in for it, a flag name if not
+    --field-name. A list field is a repeatable flag (its variable comma-separated)."""
+    return {"description": help_text, "json_schema_extra": {"env": env, "flag": name}}
+
+
 class GatewayConfig(BaseModel):
-    host: str = "127.0.0.1"
-    port: int = Field(8080, ge=0, le=65535)
-    backends: list[str] = Field(min_length=1)
-    api_keys: list[SecretStr] = []
-    model_key: SecretStr | None = None
-    store: str = "sqlite:///gateway.db"
-    sync_timeout: float = Field(60, gt=0)
-    long_poll: float = Field(50, gt=0)
-    job_timeout: float = Field(300, gt=0)
-    result_ttl: float = Field(24 * 3600, gt=0)
-    lease: float = Field(15, gt=0)
-    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
-    max_queued: int = Field(1000, ge=1)
-    max_queued_bytes: int = Field(1 << 30, ge=1024)
-    webhook_hosts: list[str] = []
-    webhook_secret: SecretStr | None = None
+    """Every flag of gateway.py, declared once: parse_args builds the command line from these fields."""
+
+    host: str = Field("127.0.0.1", **flag("listen address (beyond loopback, API keys are required)"))
+    port: int = Field(8080, ge=0, le=65535, **flag("listen port"))
+    backends: list[str] = Field(min_length=1, **flag("an app.py replica's URL; repeat for several", "BANANA_BACKENDS",
+                                                      "--backend"))
+    api_keys: list[SecretStr] = Field([], **flag("an accepted apiKey (16+ characters); repeat for several",
+                                                 "BANANA_API_KEYS", "--api-key"))
+    model_key: SecretStr | None = Field(None, **flag("the modelKey callers must send (unset: any)", "BANANA_MODEL_KEY"))
+    store: str = Field("sqlite:///gateway.db", **flag("sqlite:///path or redis://host:port/db", "BANANA_STORE"))
+    sync_timeout: float = Field(60, gt=0, **flag("how long a start without startOnly waits (s)"))
+    long_poll: float = Field(50, gt=0, **flag("how long a check with longPoll waits (s)"))
+    job_timeout: float = Field(300, gt=0, **flag("a job's time limit on a replica, and in the queue (s)"))
+    result_ttl: float = Field(24 * 3600, gt=0, **flag("how long results are kept (s)"))
+    lease: float = Field(15, gt=0, **flag("a running job whose gateway stopped renewing it is run again after (s)"))
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, **flag("the largest request body"))
+    max_queued: int = Field(1000, ge=1, **flag("the most jobs waiting per modelKey"))
+    max_queued_bytes: int = Field(1 << 30, ge=1024, **flag("the most bytes of modelInputs held for jobs queued or "
+                                                            "running"))
+    webhook_hosts: list[str] = Field([], **flag("host[:port] that webhook URLs may name (no port: 80 and 443); "
+                                                "repeat for several", name="--webhook-host"))
+    webhook_secret: SecretStr | None = Field(None, **flag("signs webhooks over timestamp and body",
+                                                          "BANANA_WEBHOOK_SECRET"))
 
     @field_validator("api_keys")
     @classmethod
@@ -62,46 +76,29 @@ class GatewayConfig(BaseModel):
             return False
 
 
-def _csv(name: str) -> list[str]:
-    return [item.strip() for item in os.environ.get(name, "").split(",") if item.strip()]
-
-
 def parse_args(argv: list[str] | None = None) -> GatewayConfig:
     parser = argparse.ArgumentParser(description="Banana's v4 REST API (start/check) in front of app.py replicas.")
-    parser.add_argument("--host", default="127.0.0.1", help="listen address (beyond loopback, API keys are required)")
-    parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--backend", dest="backends", action="append", default=None,
-                        help="an app.py replica's URL; repeat for several (env BANANA_BACKENDS, comma-separated)")
-    parser.add_argument("--api-key", dest="api_keys", action="append", default=None,
-                        help="an accepted apiKey; repeat for several (env BANANA_API_KEYS, comma-separated)")
-    parser.add_argument("--model-key", default=os.environ.get("BANANA_MODEL_KEY"),
-                        help="the modelKey callers must send (env BANANA_MODEL_KEY; unset: any)")
-    parser.add_argument("--store", default=os.environ.get("BANANA_STORE", "sqlite:///gateway.db"),
-                        help="sqlite:///path (default) or redis://host:port/db (env BANANA_STORE)")
-    parser.add_argument("--sync-timeout", type=float, default=60, help="how long a start without startOnly waits (s)")
-    parser.add_argument("--long-poll", type=float, default=50, help="how long a check with longPoll waits (s)")
-    parser.add_argument("--job-timeout", type=float, default=300,
-                        help="a job's time limit on a replica, and in the queue (s)")
-    parser.add_argument("--result-ttl", type=float, default=24 * 3600, help="how long results are kept (s)")
-    parser.add_argument("--lease", type=float, default=15,
-                        help="a running job whose gateway has not renewed it for this long is run again (s)")
-    parser.add_argument("--max-body-bytes", type=int, default=32 * 1024 * 1024)
-    parser.add_argument("--max-queued", type=int, default=1000, help="the most jobs waiting per modelKey")
-    parser.add_argument("--max-queued-bytes", type=int, default=1 << 30,
-                        help="the most bytes of modelInputs held for jobs queued or running")
-    parser.add_argument("--webhook-host", dest="webhook_hosts", action="append", default=[],
-                        help="host[:port] that start's `webhook` URLs may name (no port: 80 and 443); repeat")
-    parser.add_argument("--webhook-secret", default=os.environ.get("BANANA_WEBHOOK_SECRET"),
-                        help="signs webhooks: X-Webhook-Signature over timestamp and body (env BANANA_WEBHOOK_SECRET)")
-    args = vars(parser.parse_args(argv))
-    args["backends"] = args["backends"] or _csv("BANANA_BACKENDS")
-    args["api_keys"] = args["api_keys"] or _csv("BANANA_API_KEYS")
+    flags, from_env = {}, {}
+    for name, field in GatewayConfig.model_fields.items():
+        extra = field.json_schema_extra or {}
+        flags[name] = extra["flag"] or "--" + name.replace("_", "-")
+        repeated = typing.get_origin(field.annotation) is list
+        default = "required" if field.is_required() else field.get_default()
+        shown = "none" if default in (None, []) or isinstance(default, SecretStr) else default
+        env = f"; env {extra['env']}" + (", comma-separated" if repeated else "") if extra["env"] else ""
+        parser.add_argument(flags[name], dest=name, action="append" if repeated else "store", default=None,
+                            help=f"{field.description} (default: {shown}{env})")
+        variable = os.environ.get(extra["env"] or "", "")
+        from_env[name] = [item.strip() for item in variable.split(",") if item.strip()] if repeated else variable
+    given = vars(parser.parse_args(argv))
+    # A flag replaces its environment variable (it does not add to a list from it).
+    args = {name: value for name, value in given.items() if value is not None}
+    args |= {name: value for name, value in from_env.items() if value and given[name] is None}
     try:
-        config = GatewayConfig.model_validate({k: v for k, v in args.items() if v is not None})
+        config = GatewayConfig.model_validate(args)
     except ValidationError as error:
-        flags = {"api_keys": "api-key", "backends": "backend", "webhook_hosts": "webhook-host"}
-        parser.error("; ".join(f"--{flags.get(e['loc'][0], str(e['loc'][0]).replace('_', '-'))}: "
-                               f"{e['msg'].removeprefix('Value error, ')}" for e in error.errors()))
+        parser.error("; ".join(f"{flags[str(e['loc'][0])]}: {e['msg'].removeprefix('Value error, ')}"
+                               for e in error.errors()))
     if not config.loopback_only() and not config.api_keys:
         parser.error(f"--host {config.host} listens beyond this machine: give --api-key (or BANANA_API_KEYS)")
     return config

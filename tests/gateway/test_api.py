@@ -6,7 +6,7 @@ import re
 import httpx
 import pytest
 
-from processes import TEST_KEY
+from testkit.processes import TEST_KEY
 
 FAST = {"prompt": "a lighthouse", "num_inference_steps": 1}
 SLOW = {"prompt": "a lighthouse", "num_inference_steps": 60}  # about 3 s on the tiny model here

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fuzzing import EXAMPLES, MODEL_INPUTS, assert_clean, bodies, inputs_for, numbers, texts
+from testkit.fuzzing import EXAMPLES, MODEL_INPUTS, assert_clean, bodies, inputs_for, numbers, texts
 
 MESSAGES: Counter[str] = Counter()
 

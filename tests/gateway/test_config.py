@@ -4,8 +4,7 @@ import sys
 import pytest
 
 from serverless_sd.gateway.config import parse_args
-
-from processes import ROOT
+from testkit.processes import ROOT
 
 
 def test_defaults():
@@ -60,3 +59,10 @@ def test_an_empty_key_in_the_environment_is_refused_too(monkeypatch):
     assert parse_args(["--backend", "http://x"]).api_keys == []
     with pytest.raises(SystemExit):
         parse_args(["--host", "0.0.0.0", "--backend", "http://x"])
+
+
+def test_a_flag_replaces_its_environment_variable(monkeypatch):
+    monkeypatch.setenv("BANANA_API_KEYS", "a" * 16)
+    monkeypatch.setenv("BANANA_STORE", "redis://127.0.0.1:6379/0")
+    config = parse_args(["--backend", "http://x", "--api-key", "b" * 16, "--store", "sqlite:///x.db"])
+    assert [k.get_secret_value() for k in config.api_keys] == ["b" * 16] and config.store == "sqlite:///x.db"

@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from processes import RedisServer, free_port
+from testkit.processes import RedisServer, free_port
 
 FAST = {"prompt": "a lighthouse", "num_inference_steps": 1}
 SLOW = {"prompt": "a lighthouse", "num_inference_steps": 60}  # about 3 s on the tiny model here

@@ -1,12 +1,7 @@
 """bench/loadtest.py on a smaller load: its books balance when all is well, and its verdict names what went wrong."""
 
-import sys
-
-from processes import ROOT, RedisServer
-
-sys.path.insert(0, str(ROOT / "bench"))
-
-import loadtest  # noqa: E402
+from bench import loadtest
+from testkit.processes import RedisServer
 
 
 def test_a_small_load_completes_every_job_exactly_once(start_gateway, start_app, models, tmp_path):

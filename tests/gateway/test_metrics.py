@@ -6,7 +6,7 @@ import re
 
 import httpx
 
-from processes import TEST_KEY
+from testkit.processes import TEST_KEY
 
 FAST = {"prompt": "a lighthouse", "num_inference_steps": 1}
 BEARER = {"Authorization": f"Bearer {TEST_KEY}"}

@@ -9,8 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from serverless_sd.gateway.webhooks import verify
-
-from processes import free_port
+from testkit.processes import free_port
 
 RECEIVER_PORT = free_port()
 

@@ -1,5 +1,5 @@
 """The project's processes as a user starts them (app.py, gateway.py, redis-server), on free ports: shared by the
-tests and by bench/loadtest.py, so that the load test runs exactly what the tests run."""
+tests and by bench.loadtest, so that the load test runs exactly what the tests run."""
 
 import json
 import os
@@ -32,7 +32,8 @@ class Service:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.args, self.env = args, {**os.environ, "HF_HUB_OFFLINE": "1", **env}
-        self.log_path = tmp / f"{Path(args[0]).stem}-{self.port}.log"
+        name = args[1] if args[0] == "-m" else Path(args[0]).stem
+        self.log_path = tmp / f"{name}-{self.port}.log"
         self.start()
 
     def start(self) -> None:
@@ -100,8 +101,10 @@ class AppProcess(Service):
     ready_path = "/__status__"
 
     def __init__(self, tmp: Path, env: dict, script: str = "app.py", nofile: int | None = None):
+        """script: a file (app.py) or a module (testkit.fault_app), run from the repository's root."""
         port = free_port()
-        super().__init__(tmp, [script], {"PORT": str(port), "HOST": "127.0.0.1", **env}, port, nofile)
+        args = [script] if script.endswith(".py") else ["-m", script]
+        super().__init__(tmp, args, {"PORT": str(port), "HOST": "127.0.0.1", **env}, port, nofile)
 
     def post(self, inputs, **kwargs) -> httpx.Response:
         return httpx.post(self.url + "/", json=inputs, timeout=120, **kwargs)

@@ -146,7 +146,7 @@ def save_tiny_controlnet(folder: Path) -> Path:
 
 
 if __name__ == "__main__":
-    # `make demo`: python3 tests/model_factory.py FOLDER saves the tiny random-weight SD model there.
+    # `make demo`: python3 -m testkit.model_factory FOLDER saves the tiny random-weight SD model there.
     import sys
 
     folder = save_tiny_sd(Path(sys.argv[1]))

@@ -1,20 +1,16 @@
-"""app.py with faults planted in generation, for the tests of internal failures: run as `python3 tests/fault_app.py`.
+"""app.py with faults planted in generation, for the tests of internal failures: `python3 -m testkit.fault_app`.
 
 A prompt starting "fail: oom" raises CUDA's out-of-memory error, "fail: crash" a RuntimeError carrying internals,
 "fail: hang" sleeps 6 s (a replica stuck mid-request, for the health check).
 """
 
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import app  # noqa: E402
-from serverless_sd import serving  # noqa: E402
-from serverless_sd.pipelines import StableDiffusion  # noqa: E402
+import app
+from serverless_sd import serving
+from serverless_sd.pipelines import StableDiffusion
 
 real_generate = StableDiffusion.generate
 
