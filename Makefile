@@ -50,7 +50,7 @@ soak: setup
 download: setup
 	$(PY) download.py
 
-# The app on APP_PORT, the gateway on GATEWAY_PORT (loopback; see README to open it up with API keys).
+# The app on APP_PORT, the gateway on GATEWAY_PORT (loopback; see docs/gateway.md to open it up with API keys).
 serve: download
 	trap 'kill 0' EXIT; \
 	PORT=$(APP_PORT) HOST=127.0.0.1 $(PY) app.py & \

@@ -1,6 +1,6 @@
 """The Potassium app: init() loads the model once; the handler turns modelInputs into images.
 
-Run it with `python3 app.py`; POST modelInputs JSON to / (see README for every field).
+Run it with `python3 app.py`; POST modelInputs JSON to / (docs/api.md lists every field).
 """
 
 from potassium import Potassium, Request

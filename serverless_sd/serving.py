@@ -1,4 +1,4 @@
-"""Potassium, served without its known defects (see README, "What we changed in Potassium's behaviour").
+"""Potassium, served without its known defects (see docs/api.md, "What we changed in Potassium's behaviour").
 
 - an exception in a handler became a 500 with the Python traceback as its body: here, a JSON error without internals;
 - a body that is not JSON got a 400 with an empty body: here, a 422 JSON error that says what is wrong;
