@@ -3,14 +3,16 @@
 Run it with `python3 app.py`; POST modelInputs JSON to / (docs/api.md lists every field).
 """
 
-from potassium import Potassium, Request
+from potassium import Request
 
-from serverless_sd import schema, serving
+from serverless_sd import openapi, schema, serving
 from serverless_sd.pipelines import StableDiffusion
+from serverless_sd.serving import Potassium  # Potassium 0.5.0, its known defects mended
 from serverless_sd.settings import Settings
 
 settings = Settings.from_env()
-app = Potassium("sd-serverless-template")
+app = Potassium("sd-serverless-template", settings,
+                document=lambda context: openapi.app_document(context["model"].limits))
 
 
 @app.init
@@ -27,4 +29,4 @@ def handler(context: dict, request: Request) -> dict:
 
 
 if __name__ == "__main__":
-    serving.serve(app, settings)
+    app.serve()

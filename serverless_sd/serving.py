@@ -24,10 +24,10 @@ import torch
 from flask import Flask, current_app
 from flask import Response as FlaskResponse
 from flask import request as flask_request
-from potassium import Potassium, Request, Response
+from potassium import Request, Response
 from werkzeug.exceptions import BadRequest, HTTPException
 
-from . import logs, openapi, origin
+from . import logs, origin
 from .schema import InputError
 from .settings import Settings
 from .weights import WeightsError
@@ -136,24 +136,39 @@ def endpoint(settings: Settings) -> Callable:
     return decorate
 
 
-def serve(app: Potassium, settings: Settings) -> None:
-    """init() first, alone; then Potassium's server, with GET /openapi.json for the loaded model (context["model"])."""
-    logs.setup()
-    if not settings.log_prompts:
-        logs.redact_library_warnings()
-    potassium.worker.FDRedirect = LinePrefixer
-    _harden(app._flask_app, settings)
-    started = time.perf_counter()
-    try:
-        context = app._init_func()
-    except WeightsError as error:
-        raise SystemExit(f"app.py: {error}") from None
-    logs.event("ready", model_id=settings.model_id, init_s=round(time.perf_counter() - started, 2))
-    app._init_func = lambda: context  # Potassium's own init now returns at once: no busy-wait worth the name
-    document = openapi.app_document(context["model"].limits)
-    app._flask_app.add_url_rule("/openapi.json", "openapi", lambda: _json_response(200, document), methods=["GET"])
-    app._flask_app.add_url_rule("/healthz", "healthz", lambda: _healthz(settings), methods=["GET"])
-    app.serve(host=settings.host, port=settings.port)
+class Potassium(potassium.Potassium):
+    """Potassium 0.5.0 as app.py uses it (`@app.init`, `@app.handler`, `app.serve()`), its defects mended.
+
+    The one place in this project that touches Potassium's internals: its Flask app (`_flask_app`, hardened and
+    given /openapi.json and /healthz), its init function (`_init_func`, run here first, alone, so that its
+    busy-waiting main thread cannot starve the loader) and its worker's FDRedirect (replaced by LinePrefixer).
+    `document(context)` builds the OpenAPI document once init() has loaded the model.
+    """
+
+    def __init__(self, name: str, settings: Settings, document: Callable[[dict], dict]):
+        super().__init__(name)
+        self.settings = settings
+        self.document = document
+        _harden(self._flask_app, settings)
+
+    def serve(self) -> None:
+        settings = self.settings
+        logs.setup()
+        if not settings.log_prompts:
+            logs.redact_library_warnings()
+        potassium.worker.FDRedirect = LinePrefixer
+        started = time.perf_counter()
+        try:
+            context = self._init_func()
+        except WeightsError as error:
+            raise SystemExit(f"app.py: {error}") from None
+        logs.event("ready", model_id=settings.model_id, init_s=round(time.perf_counter() - started, 2))
+        self._init_func = lambda: context  # Potassium's own init now returns at once: no busy-wait worth the name
+        document = self.document(context)
+        self._flask_app.add_url_rule("/openapi.json", "openapi", lambda: _json_response(200, document),
+                                     methods=["GET"])
+        self._flask_app.add_url_rule("/healthz", "healthz", lambda: _healthz(settings), methods=["GET"])
+        super().serve(host=settings.host, port=settings.port)
 
 
 def _healthz(settings: Settings) -> FlaskResponse:

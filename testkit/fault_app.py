@@ -9,7 +9,6 @@ import time
 import torch
 
 import app
-from serverless_sd import serving
 from serverless_sd.pipelines import StableDiffusion
 
 real_generate = StableDiffusion.generate
@@ -28,4 +27,4 @@ def generate_with_faults(self, inputs):
 
 
 StableDiffusion.generate = generate_with_faults
-serving.serve(app.app, app.settings)
+app.app.serve()
