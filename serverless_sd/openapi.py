@@ -4,32 +4,21 @@ pydantic schema, with this deployment's limits filled in) and the gateway's Bana
 What JSON Schema cannot say (the pixel budget, which fields go together) is checked by the schema and answered 422.
 """
 
-from .gateway.bodies import CheckBody, StartBody
-from .schema import GenerateInputs, Limits
+from pydantic import BaseModel
 
-ERROR = {"type": "object", "required": ["error"], "properties": {
-    "error": {"type": "string"},
-    "errors": {"type": "array", "items": {"type": "object", "required": ["field", "message"], "properties": {
-        "field": {"type": "string"}, "message": {"type": "string"}}}},
-}}
-IMAGES = {"type": "array", "minItems": 1, "items": {"type": "string", "pattern": "^data:image/(png|jpeg|webp);base64,"}}
-ANSWER = {"type": "object", "properties": {
-    "image_base64": {"type": "string", "pattern": "^data:image/(png|jpeg|webp);base64,"},
-    "images": IMAGES,
-    "seed": {"type": "integer", "minimum": 0},
-    "seeds": {"type": "array", "items": {"type": "integer", "minimum": 0}},
-    "nsfw": {"type": "array", "items": {"type": "boolean"}},
-    "mode": {"enum": ["txt2img", "img2img", "inpaint", "controlnet"]},
-    "width": {"type": "integer"}, "height": {"type": "integer"},
-    "num_inference_steps": {"type": "integer"}, "guidance_scale": {"type": "number"},
-    "output_format": {"enum": ["png", "jpeg", "webp"]},
-    "timings": {"type": "object", "additionalProperties": {"type": "number"}},
-}}
-ANSWER["required"] = list(ANSWER["properties"])
+from .gateway.bodies import CheckBody, StartBody
+from .schema import Answer, ErrorBody, FieldError, GenerateInputs, Limits
+
+
+def _schema(model: type[BaseModel]) -> dict:
+    """A model's JSON Schema, its nested models referred to in the document's components (listed there once)."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    schema.pop("$defs", None)
+    return schema
 
 
 def app_document(limits: Limits) -> dict:
-    inputs = GenerateInputs.model_json_schema()
+    inputs = _schema(GenerateInputs)
     fields = inputs["properties"]
     for side in ("width", "height"):
         fields[side]["anyOf"][0].update(minimum=64, maximum=limits.max_side, multipleOf=8)
@@ -46,12 +35,14 @@ def app_document(limits: Limits) -> dict:
             "summary": "Generate images from modelInputs",
             "requestBody": {"required": True, "content": {"application/json": {"schema": inputs}}},
             "responses": {
-                "200": _json("the images, base64 data URIs", ANSWER),
-                "413": _json("the body is larger than MAX_BODY_BYTES", ERROR),
-                "422": _json("a field is wrong: `errors` names each one", ERROR),
-                "500": _json("an internal failure (out of GPU memory, a bug); the details are in the app's log", ERROR),
+                "200": _json("the images, base64 data URIs", _schema(Answer)),
+                "413": _json("the body is larger than MAX_BODY_BYTES", _schema(ErrorBody)),
+                "422": _json("a field is wrong: `errors` names each one", _schema(ErrorBody)),
+                "500": _json("an internal failure (out of GPU memory, a bug); the details are in the app's log",
+                             _schema(ErrorBody)),
             },
         }}},
+        "components": {"schemas": {"FieldError": _schema(FieldError)}},
     }
 
 
@@ -87,7 +78,8 @@ def gateway_document() -> dict:
     paths["/healthz"] = {"get": {"summary": "Which replicas are up", "responses": {"200": _json("ok", {
         "type": "object", "required": ["ok", "backends"],
         "properties": {"ok": {"type": "boolean"}, "backends": {"type": "object"}}}),
-        "401": _json("API keys are configured and the request did not send one as Authorization: Bearer KEY", ERROR),
+        "401": _json("API keys are configured and the request did not send one as Authorization: Bearer KEY",
+                     _schema(ErrorBody)),
     }}}
     return {"openapi": "3.1.0", "info": {"title": "Banana v4 gateway", "version": "1"}, "paths": paths}
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 from . import images, schedulers, seeds, weights
 from .cuda_graphs import CudaGraphed
-from .schema import GenerateInputs, Limits
+from .schema import Answer, GenerateInputs, Limits
 from .settings import Settings
 
 
@@ -46,23 +46,13 @@ class Generation:
         started = time.perf_counter()
         uris = [images.to_data_uri(image, self.inputs.output_format) for image in self.images]
         width, height = self.images[0].size
-        return {
-            "image_base64": uris[0],
-            "images": uris,
-            "seed": self.seeds[0],
-            "seeds": self.seeds,
-            "nsfw": self.nsfw,
-            "mode": self.inputs.mode,
-            "width": width,
-            "height": height,
-            "num_inference_steps": self.inputs.num_inference_steps,
-            "guidance_scale": self.inputs.guidance_scale,
-            "output_format": self.inputs.output_format,
-            "timings": {
-                "inference_ms": round(self.inference_ms, 1),
-                "encode_ms": round((time.perf_counter() - started) * 1000, 1),
-            },
-        }
+        return Answer(
+            image_base64=uris[0], images=uris, seed=self.seeds[0], seeds=self.seeds, nsfw=self.nsfw,
+            mode=self.inputs.mode, width=width, height=height, num_inference_steps=self.inputs.num_inference_steps,
+            guidance_scale=self.inputs.guidance_scale, output_format=self.inputs.output_format,
+            timings={"inference_ms": round(self.inference_ms, 1),
+                     "encode_ms": round((time.perf_counter() - started) * 1000, 1)},
+        ).model_dump()
 
 
 class StableDiffusion:

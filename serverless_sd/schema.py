@@ -1,4 +1,5 @@
-"""modelInputs: one typed schema. Every error names its field and says why, in words a caller can act on."""
+"""The app's contract, declared once: modelInputs (every error names its field and says why, in words a caller can
+act on), the answer and the error body. Validation and the OpenAPI document both derive from these models."""
 
 import secrets
 from dataclasses import dataclass, fields
@@ -60,6 +61,10 @@ class InputError(ValueError):
         super().__init__("; ".join(f"{field}: {message}" for field, message in errors))
 
 
+OutputFormat = Literal["png", "jpeg", "webp"]
+Mode = Literal["txt2img", "img2img", "inpaint", "controlnet"]
+DataUri = Annotated[str, Field(pattern=r"^data:image/(png|jpeg|webp);base64,")]
+
 # On the wire an image is text; the validator below decodes it.
 InputImage = Annotated[Image.Image, WithJsonSchema({
     "type": "string", "description": "a PNG, JPEG or WebP image: a data:image/...;base64 URI or plain base64"})]
@@ -79,7 +84,7 @@ class GenerateInputs(BaseModel):
     guidance_scale: float = Field(7.0, ge=0, le=30, allow_inf_nan=False)
     seed: int | None = Field(None, ge=0, lt=SEED_LIMIT)
     num_images: int = Field(1, ge=1, validation_alias=AliasChoices("num_images", "num_images_per_prompt"))
-    output_format: Literal["png", "jpeg", "webp"] = "png"
+    output_format: OutputFormat = "png"
     scheduler: Annotated[str | None, WithJsonSchema({"anyOf": [{"enum": schedulers.names()}, {"type": "null"}],
                                                      "description": "case-insensitive"})] = None
     # The mode follows from the images given: image (img2img), image + mask_image (inpainting), control_image.
@@ -162,7 +167,7 @@ class GenerateInputs(BaseModel):
         return self
 
     @property
-    def mode(self) -> str:
+    def mode(self) -> Mode:
         if self.control_image is not None:
             return "controlnet"
         if self.image is None:
@@ -195,6 +200,36 @@ class GenerateInputs(BaseModel):
         if self.seed is None:
             return [secrets.randbits(64) for _ in range(self.num_images)]
         return [(self.seed + i) % SEED_LIMIT for i in range(self.num_images)]
+
+
+class Answer(BaseModel):
+    """What POST / answers: every image as a data URI (image_base64: the first, the original template's field)."""
+
+    image_base64: str = Field(description="the first image: a data:image/...;base64 URI (plain base64 with "
+                                          "IMAGE_BASE64=plain)")
+    images: list[DataUri] = Field(min_length=1, description="every image")
+    seed: int = Field(ge=0, lt=SEED_LIMIT, description="the first image's seed")
+    seeds: list[int] = Field(description="each image's own seed: image i regenerates alone from seeds[i]")
+    nsfw: list[bool] = Field(description="per image: flagged (and blanked) by the model's safety checker")
+    mode: Mode
+    width: int
+    height: int
+    num_inference_steps: int
+    guidance_scale: float
+    output_format: OutputFormat
+    timings: dict[str, float] = Field(description="inference_ms, encode_ms, total_ms")
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every answer that is not 200: what went wrong; for a wrong input (422), each field at fault."""
+
+    error: str
+    errors: list[FieldError] | None = None
 
 
 def _limits(info: ValidationInfo) -> Limits:

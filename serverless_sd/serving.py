@@ -28,7 +28,7 @@ from potassium import Request, Response
 from werkzeug.exceptions import BadRequest, HTTPException
 
 from . import logs, origin
-from .schema import InputError
+from .schema import ErrorBody, FieldError, InputError
 from .settings import Settings
 from .weights import WeightsError
 
@@ -109,15 +109,15 @@ def endpoint(settings: Settings) -> Callable:
                 status = 200
                 fields.update(_summary(answer))
             except InputError as error:
-                status, answer = INPUT_ERROR_STATUS, {"error": str(error), "errors": _error_list(error)}
+                status, answer = INPUT_ERROR_STATUS, _error_body(str(error), error.errors)
                 fields["error"] = str(error)
             except torch.OutOfMemoryError:
                 _free_memory()
-                status, answer = 500, {"error": "out of GPU memory: ask for a smaller size or fewer images"}
+                status, answer = 500, _error_body("out of GPU memory: ask for a smaller size or fewer images")
                 fields["error"] = "out of memory"
             except Exception as error:  # noqa: BLE001 - the caller gets no internals, the operator gets the trace
                 _free_memory()
-                status, answer = 500, {"error": f"internal error while generating (request id {request_id})"}
+                status, answer = 500, _error_body(f"internal error while generating (request id {request_id})")
                 fields["error"] = f"{type(error).__name__}"
                 # Where it failed, not the exception's message: that may quote the inputs, prompt included.
                 fields["traceback"] = "".join(traceback.format_tb(error.__traceback__, limit=-8))
@@ -177,7 +177,7 @@ def _healthz(settings: Settings) -> FlaskResponse:
     problem = HEALTH.problem(status, settings.stuck_after_s)
     if problem:
         logs.event("unhealthy", reason=problem)
-        return _json_response(503, {"ok": False, "error": problem})
+        return _json_response(503, {"ok": False, "error": problem})  # not ErrorBody: probes read "ok"
     return _json_response(200, {"ok": True, "busy": not status["gpu_available"]})
 
 
@@ -191,7 +191,7 @@ def _harden(flask_app: Flask, settings: Settings) -> None:
     @flask_app.before_request
     def refuse_other_sites():
         refused = origin.refusal(flask_request.headers, loopback_listener)
-        return _json_response(403, {"error": refused}) if refused else None
+        return _json_response(403, _error_body(refused)) if refused else None
 
     @flask_app.before_request
     def parse_json_body():
@@ -205,14 +205,14 @@ def _harden(flask_app: Flask, settings: Settings) -> None:
             error = f"body: {why}; send a JSON object of modelInputs"
             request_id = flask_request.headers.get("X-Banana-Request-Id", "")[:64]  # Flask's headers: nothing printed
             logs.event("request", status=INPUT_ERROR_STATUS, request_id=request_id, error=error)
-            return _json_response(INPUT_ERROR_STATUS, {"error": error})
+            return _json_response(INPUT_ERROR_STATUS, _error_body(error))
         return None
 
     @flask_app.errorhandler(HTTPException)
     def http_error(error: HTTPException):
         if error.code == 413:
-            return _json_response(413, {"error": f"body: larger than {settings.max_body_bytes} bytes"})
-        response = _json_response(error.code or 500, {"error": f"{error.code} {error.name}"})
+            return _json_response(413, _error_body(f"body: larger than {settings.max_body_bytes} bytes"))
+        response = _json_response(error.code or 500, _error_body(f"{error.code} {error.name}"))
         if error.code == 405 and getattr(error, "valid_methods", None):
             response.headers["Allow"] = ", ".join(error.valid_methods)  # RFC 9110: a 405 names what is allowed
         return response
@@ -222,8 +222,9 @@ def _json_response(status: int, payload: dict) -> FlaskResponse:
     return FlaskResponse(json.dumps(payload), status=status, mimetype="application/json")
 
 
-def _error_list(error: InputError) -> list[dict]:
-    return [{"field": field, "message": message} for field, message in error.errors]
+def _error_body(error: str, fields: list[tuple[str, str]] | None = None) -> dict:
+    errors = [FieldError(field=field, message=message) for field, message in fields] if fields else None
+    return ErrorBody(error=error, errors=errors).model_dump(exclude_none=True)
 
 
 def _summary(answer: dict) -> dict:
