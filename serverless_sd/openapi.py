@@ -1,12 +1,11 @@
-"""The OpenAPI 3.1 documents, each served at GET /openapi.json: the app's POST / (its modelInputs taken from the one
-pydantic schema, with this deployment's limits filled in) and the gateway's Banana v4 routes.
+"""The app's OpenAPI 3.1 document, served at GET /openapi.json: POST /, its modelInputs, answer and error body taken
+from the models in schema.py, with this deployment's limits filled in. (The gateway's own document is FastAPI's.)
 
 What JSON Schema cannot say (the pixel budget, which fields go together) is checked by the schema and answered 422.
 """
 
 from pydantic import BaseModel
 
-from .gateway.bodies import CheckBody, StartBody
 from .schema import Answer, ErrorBody, FieldError, GenerateInputs, Limits
 
 
@@ -44,44 +43,6 @@ def app_document(limits: Limits) -> dict:
         }}},
         "components": {"schemas": {"FieldError": _schema(FieldError)}},
     }
-
-
-ENVELOPE = {"type": "object", "required": ["id", "message", "created", "apiVersion", "modelOutputs"], "properties": {
-    "id": {"type": "string"},
-    "message": {"type": "string", "description": '"success", "running", "" (a startOnly start), or a failure '
-                                                 'containing the word "error"'},
-    "created": {"type": "integer"},
-    "apiVersion": {"type": "string"},
-    "modelOutputs": {"anyOf": [{"type": "null"}, {"type": "array", "items": {"type": "object"}}]},
-    "callID": {"type": "string"},
-    "finished": {"type": "boolean"},
-    "state": {"enum": ["queued", "running", "succeeded", "failed", "cancelled", "expired"]},
-    "queuePosition": {"type": "integer", "minimum": 0},
-    "timings": {"type": "object", "additionalProperties": {"type": "number"}},
-}}
-
-
-def gateway_document() -> dict:
-    def route(summary: str, body: type) -> dict:
-        return {"post": {
-            "summary": summary,
-            "requestBody": {"required": True, "content": {"application/json": {"schema": body.model_json_schema()}}},
-            "responses": {"200": _json('Banana\'s envelope; every failure too, its message containing "error"',
-                                       ENVELOPE)},
-        }}
-
-    paths = {}
-    for path, summary, body in (("/start/v4/", "Start a job (and wait for it unless startOnly)", StartBody),
-                                ("/check/v4/", "A job's state or result (longPoll waits for the end)", CheckBody),
-                                ("/cancel/v4/", "Cancel a queued or running job", CheckBody)):
-        paths[path] = paths[path.rstrip("/")] = route(summary, body)
-    paths["/healthz"] = {"get": {"summary": "Which replicas are up", "responses": {"200": _json("ok", {
-        "type": "object", "required": ["ok", "backends"],
-        "properties": {"ok": {"type": "boolean"}, "backends": {"type": "object"}}}),
-        "401": _json("API keys are configured and the request did not send one as Authorization: Bearer KEY",
-                     _schema(ErrorBody)),
-    }}}
-    return {"openapi": "3.1.0", "info": {"title": "Banana v4 gateway", "version": "1"}, "paths": paths}
 
 
 def _json(description: str, schema: dict) -> dict:

@@ -134,7 +134,7 @@ image.save(sys.argv[2])
 def test_the_original_templates_client_fails_on_data_uris_by_default(sd_app, tmp_path):
     url = sd_app.url.replace("127.0.0.1", "localhost") + "/"
     result = run([sys.executable, "-c", ORIGINAL_CLIENT, url, str(tmp_path / "output.jpg")], {})
-    assert result.returncode != 0 and "Incorrect padding" in result.stderr
+    assert result.returncode != 0 and "binascii.Error" in result.stderr  # 'Incorrect padding', or the like
 
 
 def test_the_original_templates_client_works_unchanged_with_image_base64_plain(start_app, models, tmp_path):

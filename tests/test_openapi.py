@@ -44,6 +44,21 @@ def gateway(start_gateway, limited_app):
 
 
 def test_schemathesis_against_the_gateway(gateway):
-    # Every route, with and without its trailing slash, and /healthz. Banana's protocol answers a bad body with
-    # HTTP 200 and an error message, so "negative data rejected with a 4xx" does not apply to the gateway.
-    schemathesis(gateway.url, CHECKS, operations=7, examples=30)
+    # Every route, with and without its trailing slash, /healthz and /livez (FastAPI's document). Banana's protocol
+    # answers a bad body with HTTP 200 and an error message, so "negative data rejected with a 4xx" does not apply.
+    schemathesis(gateway.url, CHECKS, operations=8, examples=30)
+
+
+def test_the_gateway_document_is_fastapis_and_imports_nothing_of_the_apps_side():
+    code = ("import sys; from serverless_sd.gateway.api import create_app; "
+            "from serverless_sd.gateway.config import parse_args; "
+            "paths = create_app(parse_args(['--backend', 'http://x'])).openapi()['paths']; "
+            "print(sorted(paths)); print(sorted(m for m in ('torch', 'PIL', 'serverless_sd.schema', "
+            "'serverless_sd.openapi') if m in sys.modules))")
+    run = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", code], capture_output=True, text=True,
+                         timeout=60, cwd=Path(__file__).resolve().parent.parent)
+    assert run.returncode == 0, run.stderr
+    paths, imported = run.stdout.splitlines()
+    assert paths == str(sorted(["/start/v4", "/start/v4/", "/check/v4", "/check/v4/", "/cancel/v4", "/cancel/v4/",
+                                "/healthz", "/livez"]))
+    assert imported == "[]"

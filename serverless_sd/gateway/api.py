@@ -12,18 +12,21 @@ import hmac
 import json
 import math
 import re
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Annotated
 
 import uvicorn
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .. import logs, openapi, origin
+from .. import logs, origin
 from . import answers
+from .answers import Envelope
 from .bodies import CheckBody, StartBody
 from .config import GatewayConfig, parse_args
 from .dispatch import Dispatcher
@@ -41,6 +44,15 @@ PLAYGROUND = (Path(__file__).parent / "playground.html").read_text()
 # The page talks only to this gateway; its images are data: URIs.
 CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data: blob:; "
        "connect-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'")
+
+
+class Health(BaseModel):
+    ok: bool
+    backends: dict[str, bool]
+
+
+class ErrorBody(BaseModel):
+    error: str
 
 
 class Rejected(Exception):
@@ -68,9 +80,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
         await dispatcher.stop()
         await store.close()
 
-    app = FastAPI(title="Banana v4 gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
-    document = openapi.gateway_document()
-    app.openapi = lambda: document  # served at /openapi.json: FastAPI cannot see bodies parsed by hand
+    app = FastAPI(title="Banana v4 gateway", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.dispatcher = dispatcher
 
     @app.middleware("http")
@@ -142,6 +152,26 @@ def create_app(config: GatewayConfig) -> FastAPI:
             return JSONResponse({"error": "send an API key as Authorization: Bearer KEY"}, status_code=401)
         return None
 
+    def sent(schema: type[BaseModel]) -> Callable:
+        """The dependency that reads a route's body: the key first, then the bounded body, parsed off the loop."""
+        async def read(request: Request) -> tuple[BaseModel, str]:
+            return await parse(request, schema)
+        return read
+
+    def banana(path: str, summary: str, body: type[BaseModel]) -> Callable:
+        """POST path and path/ (Banana's clients send both): the body documented from its model (it is read by
+        `sent`, not by FastAPI, so that the key is checked first), every answer Banana's envelope."""
+        def decorate(endpoint: Callable) -> Callable:
+            for route in (path, path + "/"):
+                operation = path.strip("/").replace("/", "_") + ("_slash" if route.endswith("/") else "")
+                app.post(route, summary=summary, operation_id=operation,
+                         responses={200: {"model": Envelope, "description": 'Banana\'s envelope; every failure '
+                                                                           'too, its message containing "error"'}},
+                         openapi_extra={"requestBody": {"required": True, "content": {
+                             "application/json": {"schema": body.model_json_schema()}}}})(endpoint)
+            return endpoint
+        return decorate
+
     async def owned(call_id: str, api_key: str) -> Job:
         """The job, if this key started it: any other key is told it does not exist."""
         job = await store.get(call_id)
@@ -160,10 +190,9 @@ def create_app(config: GatewayConfig) -> FastAPI:
         text = dispatcher.metrics.render(dispatcher.counts, dispatcher.healthy)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
-    @app.post("/cancel/v4")
-    @app.post("/cancel/v4/", include_in_schema=False)
-    async def cancel(request: Request) -> dict:
-        body, api_key = await parse(request, CheckBody)
+    @banana("/cancel/v4", "Cancel a queued or running job", CheckBody)
+    async def cancel(sent_body: Annotated[tuple[CheckBody, str], Depends(sent(CheckBody))]) -> dict:
+        body, api_key = sent_body
         job = await owned(body.callID, api_key)
         cancelled = await dispatcher.cancel(job)
         if cancelled is None:
@@ -172,21 +201,21 @@ def create_app(config: GatewayConfig) -> FastAPI:
         answer["message"] = "cancelled"
         return answer
 
-    @app.get("/healthz")
+    @app.get("/healthz", summary="Which replicas are up", responses={
+        200: {"model": Health}, 401: {"model": ErrorBody, "description": "keys are configured and none was sent"}})
     async def healthz(request: Request):
         if refused := unauthorized(request):
             return refused
         return {"ok": True, "backends": dispatcher.healthy}
 
-    @app.get("/livez")
+    @app.get("/livez", summary="The gateway answers (for a liveness probe without a key)")
     async def livez() -> dict:
         """For a liveness probe that carries no key: the event loop answers. Says nothing else."""
         return {"ok": True}
 
-    @app.post("/start/v4")
-    @app.post("/start/v4/", include_in_schema=False)
-    async def start(request: Request) -> dict:
-        body, api_key = await parse(request, StartBody)
+    @banana("/start/v4", "Start a job (and wait for it unless startOnly)", StartBody)
+    async def start(request: Request, sent_body: Annotated[tuple[StartBody, str], Depends(sent(StartBody))]) -> dict:
+        body, api_key = sent_body
         if config.model_key and not hmac.compare_digest(body.modelKey.encode(),
                                                         config.model_key.get_secret_value().encode()):
             raise Rejected("error: unknown modelKey")
@@ -202,10 +231,9 @@ def create_app(config: GatewayConfig) -> FastAPI:
             answer["message"] = ""  # Banana's start said "" until the call finished
         return answer
 
-    @app.post("/check/v4")
-    @app.post("/check/v4/", include_in_schema=False)
-    async def check(request: Request) -> dict:
-        body, api_key = await parse(request, CheckBody)
+    @banana("/check/v4", "A job's state or result (longPoll waits for the end)", CheckBody)
+    async def check(request: Request, sent_body: Annotated[tuple[CheckBody, str], Depends(sent(CheckBody))]) -> dict:
+        body, api_key = sent_body
         await owned(body.callID, api_key)
         job = await dispatcher.wait(body.callID, config.long_poll if body.longPoll else 0, request.is_disconnected)
         if job is None:  # forgotten (its tombstone lapsed) while we waited
