@@ -29,14 +29,13 @@ def post(route: str, body: dict) -> dict:
     return answer
 
 
+IMAGES = ("image", "mask_image", "control_image")  # files here, data URIs on the wire
+NOT_INPUTS = ("start_only", "out")  # every other option is a modelInputs field of the same name
+
+
 def model_inputs(args: argparse.Namespace) -> dict:
-    names = ["prompt", "negative_prompt", "width", "height", "num_inference_steps", "guidance_scale", "seed",
-             "num_images", "output_format", "scheduler", "strength", "controlnet_conditioning_scale"]
-    inputs = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
-    for name in ("image", "mask_image", "control_image"):
-        if getattr(args, name):
-            inputs[name] = data_uri(getattr(args, name))
-    return inputs
+    inputs = {name: value for name, value in vars(args).items() if name not in NOT_INPUTS and value is not None}
+    return {name: data_uri(value) if name in IMAGES else value for name, value in inputs.items()}
 
 
 def data_uri(path: Path) -> str:
@@ -70,7 +69,7 @@ def save(outputs: list[dict], out_dir: Path, call_id: str) -> list[Path]:
     return paths
 
 
-def main() -> None:
+def options() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompt", default="a lighthouse on a cliff at dusk, oil painting")
     parser.add_argument("--negative-prompt", dest="negative_prompt")
@@ -89,7 +88,11 @@ def main() -> None:
     parser.add_argument("--control-scale", dest="controlnet_conditioning_scale", type=float)
     parser.add_argument("--start-only", action="store_true", help="start, then poll check until done")
     parser.add_argument("--out", type=Path, default=Path("outputs"), help="where images are written")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = options().parse_args()
 
     api_key = os.environ.get("BANANA_API_KEY", "")
     start = {"apiKey": api_key, "modelKey": os.environ.get("BANANA_MODEL_KEY", ""),

@@ -6,7 +6,7 @@ What JSON Schema cannot say (the pixel budget, which fields go together) is chec
 
 from pydantic import BaseModel
 
-from .schema import Answer, ErrorBody, FieldError, GenerateInputs, Limits
+from .schema import DEFAULT_STEPS, Answer, ErrorBody, FieldError, GenerateInputs, Limits
 
 
 def _schema(model: type[BaseModel]) -> dict:
@@ -21,7 +21,7 @@ def app_document(limits: Limits) -> dict:
     fields = inputs["properties"]
     for side in ("width", "height"):
         fields[side]["anyOf"][0].update(minimum=64, maximum=limits.max_side, multipleOf=8)
-    fields["num_inference_steps"]["maximum"] = limits.max_steps
+    fields["num_inference_steps"].update(maximum=limits.max_steps, default=min(DEFAULT_STEPS, limits.max_steps))
     fields["num_images"]["maximum"] = limits.max_images
     fields["prompt"]["maxLength"] = limits.max_prompt_chars
     fields["negative_prompt"]["anyOf"][0]["maxLength"] = limits.max_prompt_chars

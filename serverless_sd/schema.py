@@ -37,8 +37,8 @@ class Limits:
     max_steps: int
     max_images: int
     max_prompt_chars: int
-    max_input_pixels: int = 4096 * 4096
-    max_image_bytes: int = 16 * 1024 * 1024
+    max_input_pixels: int
+    max_image_bytes: int
     controlnet: bool = False
 
     @classmethod

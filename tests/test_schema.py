@@ -1,11 +1,18 @@
-"""modelInputs validation as a function: defaults, limits from settings and the model, seeds."""
+"""modelInputs validation as a function: defaults, limits from settings and the model, seeds; and the copies of
+the contract that cannot import it (test.py, the docs' table) checked against it."""
+
+import importlib.util
+import re
+import typing
 
 import pytest
 
-from serverless_sd.schema import SEED_LIMIT, InputError, Limits, parse
+from serverless_sd.schema import SEED_LIMIT, GenerateInputs, InputError, Limits, OutputFormat, parse
+from serverless_sd.settings import Settings
+from testkit.processes import ROOT
 
-LIMITS = Limits(native_width=512, native_height=512, max_pixels=768 * 768, max_side=2048, max_steps=50,
-                max_images=4, max_prompt_chars=100)
+LIMITS = Limits.from_settings(Settings(max_pixels=768 * 768, max_steps=50, max_prompt_chars=100),
+                              native_width=512, native_height=512)
 
 
 def errors(body, limits=LIMITS) -> dict[str, str]:
@@ -28,13 +35,15 @@ def test_limits_come_from_settings():
 
 
 def test_the_default_step_count_stays_within_max_steps():
-    few = Limits(512, 512, max_pixels=512 * 512, max_side=2048, max_steps=4, max_images=4, max_prompt_chars=9)
+    few = Limits.from_settings(Settings(max_pixels=512 * 512, max_steps=4, max_prompt_chars=9),
+                               native_width=512, native_height=512)
     assert parse({"prompt": "a"}, few).num_inference_steps == 4
     assert "at most 4" in errors({"prompt": "a", "num_inference_steps": 25}, few)["num_inference_steps"]
 
 
 def test_the_pixel_budget_always_admits_the_models_native_size():
-    sdxl = Limits(1024, 1024, max_pixels=512 * 512, max_side=2048, max_steps=50, max_images=4, max_prompt_chars=9)
+    sdxl = Limits.from_settings(Settings(max_pixels=512 * 512, max_steps=50, max_prompt_chars=9),
+                                native_width=1024, native_height=1024)
     assert parse({"prompt": "a"}, sdxl).size(sdxl) == (1024, 1024)
     assert "over the budget of 1048576" in errors({"prompt": "a", "width": 1032}, sdxl)["width, height"]
 
@@ -56,3 +65,29 @@ def test_seeds_per_image():
 
 def test_messages_name_the_alias_the_caller_used():
     assert "num_images_per_prompt" in errors({"prompt": "a", "num_images_per_prompt": 9})
+
+
+def _test_py():
+    """test.py as a module (its name would import the standard library's test package)."""
+    spec = importlib.util.spec_from_file_location("test_py_client", ROOT / "test.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_test_py_has_an_option_for_every_input_and_no_other():
+    client = _test_py()
+    actions = [a for a in client.options()._actions if a.dest != "help"]
+    inputs = {a.dest for a in actions} - set(client.NOT_INPUTS)
+    assert inputs == set(GenerateInputs.model_fields)
+    formats = next(a for a in actions if a.dest == "output_format").choices
+    assert list(formats) == list(typing.get_args(OutputFormat))
+
+
+def test_the_docs_input_table_lists_every_input_and_no_other():
+    table = (ROOT / "docs" / "api.md").read_text().split("| input |", 1)[1].split("\n\n", 1)[0]
+    documented = set()
+    for row in table.splitlines()[2:]:
+        documented |= set(re.findall(r"`([a-z_]+)`", row.split("|")[1]))
+    aliases = {"negative", "num_images_per_prompt"}  # documented beside their field, as the schema accepts them
+    assert documented - aliases == set(GenerateInputs.model_fields)

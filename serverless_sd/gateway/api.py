@@ -183,6 +183,14 @@ def create_app(config: GatewayConfig) -> FastAPI:
     async def playground() -> HTMLResponse:
         return HTMLResponse(PLAYGROUND, headers={"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff"})
 
+    @app.get("/inputs.json", include_in_schema=False)
+    async def inputs_schema():
+        """modelInputs as the replicas document them (bounds, defaults, scheduler names): the playground's form
+        reads them here instead of keeping a copy."""
+        if dispatcher.inputs_schema is None:
+            return JSONResponse({"error": "no replica has answered yet"}, status_code=503)
+        return dispatcher.inputs_schema
+
     @app.get("/metrics", include_in_schema=False)
     async def metrics(request: Request):
         if refused := unauthorized(request):

@@ -31,6 +31,7 @@ class Dispatcher:
         self.lease_s = lease_s
         self.webhooks = webhooks
         self.counts: dict[str, int] = {}  # jobs queued and running, refreshed each second for /metrics
+        self.inputs_schema: dict | None = None  # modelInputs as the replicas document them, for the playground
         self.healthy: dict[str, bool] = {url: False for url in backends}
         self._client = httpx.AsyncClient(timeout=httpx.Timeout(job_timeout_s, connect=5))
         self._work = asyncio.Event()
@@ -118,7 +119,17 @@ class Dispatcher:
         if healthy != self.healthy[url]:
             logs.event("backend", backend=url, healthy=healthy)
         self.healthy[url] = healthy
+        if healthy and self.inputs_schema is None:
+            self.inputs_schema = await self._inputs_schema(url)
         return healthy
+
+    async def _inputs_schema(self, url: str) -> dict | None:
+        """The replica's modelInputs schema, from its OpenAPI document: the one source of the inputs' bounds."""
+        try:
+            document = (await self._client.get(f"{url}/openapi.json", timeout=10)).json()
+            return document["paths"]["/"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            return None
 
     async def _run(self, job: Job, url: str) -> None:
         logs.event("job", call_id=job.call_id, state=job.state, backend=url, attempt=job.attempts)

@@ -5,6 +5,7 @@ import io
 import os
 import shutil
 
+import httpx
 import pytest
 from PIL import Image
 from playwright.sync_api import expect, sync_playwright
@@ -110,3 +111,21 @@ def test_works_on_a_phone_sized_screen_and_by_keyboard(browser, gateway):
     page.keyboard.press("Enter")
     expect(page.locator("#results img")).to_have_count(1, timeout=60_000)
     context.close()
+
+
+def test_the_forms_bounds_defaults_and_schedulers_come_from_the_replicas_document(browser, gateway, controlnet_app):
+    fields = httpx.get(controlnet_app.url + "/openapi.json").json()[
+        "paths"]["/"]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    page = browser.new_page()
+    page.goto(gateway.url + "/")
+    schedulers = fields["scheduler"]["anyOf"][0]["enum"]
+    expect(page.locator("#scheduler option")).to_have_count(1 + len(schedulers), timeout=30_000)
+    assert page.eval_on_selector_all("#scheduler option", "os => os.map(o => o.value)")[1:] == schedulers
+    assert "DPM++ 2M Karras" in schedulers  # an A1111 name the page never listed by hand
+    steps = fields["num_inference_steps"]
+    assert page.get_attribute("#num_inference_steps", "max") == str(steps["maximum"])
+    assert page.input_value("#num_inference_steps") == str(steps["default"])
+    assert page.get_attribute("#num_images", "max") == str(fields["num_images"]["maximum"])
+    assert page.get_attribute("#width", "step") == "8" and page.get_attribute("#width", "max") == "2048"
+    assert page.input_value("#strength") == "0.8" and page.input_value("#guidance_scale") == "7"
+    page.close()
