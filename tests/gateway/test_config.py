@@ -1,9 +1,10 @@
+import re
 import subprocess
 import sys
 
 import pytest
 
-from serverless_sd.gateway.config import parse_args
+from serverless_sd.gateway.config import GatewayConfig, parse_args
 from testkit.processes import ROOT
 
 
@@ -66,3 +67,29 @@ def test_a_flag_replaces_its_environment_variable(monkeypatch):
     monkeypatch.setenv("BANANA_STORE", "redis://127.0.0.1:6379/0")
     config = parse_args(["--backend", "http://x", "--api-key", "b" * 16, "--store", "sqlite:///x.db"])
     assert [k.get_secret_value() for k in config.api_keys] == ["b" * 16] and config.store == "sqlite:///x.db"
+
+
+def test_the_docs_flag_table_says_what_gateway_config_declares():
+    rows = [line for line in (ROOT / "docs" / "gateway.md").read_text().splitlines() if line.startswith("| `--")]
+    documented = {}
+    for row in rows:
+        flags_cell, env_cell, default_cell = (cell.strip() for cell in row.split("|")[1:4])
+        flags = re.findall(r"`(--[a-z-]+)", flags_cell)
+        defaults = [d.strip(" `") for d in default_cell.split(",")] if len(flags) > 1 else [default_cell.strip("`")]
+        for flag, default in zip(flags, defaults, strict=True):
+            documented[flag] = (re.findall(r"`([A-Z_]+)`", env_cell) or [None])[0], default
+    declared = {}
+    for name, field in GatewayConfig.model_fields.items():
+        extra = field.json_schema_extra
+        default = "required" if field.is_required() else field.get_default()
+        declared[extra["flag"] or "--" + name.replace("_", "-")] = (extra["env"], default)
+    assert set(documented) == set(declared)
+    for flag, (env, default) in declared.items():
+        doc_env, doc_default = documented[flag]
+        assert doc_env == env, flag
+        if default in (None, []):
+            assert doc_default.startswith("none"), flag
+        elif isinstance(default, (int, float)):
+            assert float(doc_default) == default, flag
+        else:
+            assert doc_default == str(default), flag
