@@ -91,12 +91,9 @@ def create_app(config: GatewayConfig) -> FastAPI:
         return await call_next(request)
 
     @app.exception_handler(Rejected)
-    async def rejected(_: Request, rejection: Rejected) -> JSONResponse:
-        return JSONResponse(answers.error(str(rejection)))  # HTTP 200, as Banana answered every failure
-
     @app.exception_handler(QueueFull)
-    async def queue_full(_: Request, refusal: QueueFull) -> JSONResponse:
-        return JSONResponse(answers.error(str(refusal)))
+    async def rejected(_: Request, rejection: Exception) -> JSONResponse:
+        return JSONResponse(answers.error(str(rejection)))  # HTTP 200, as Banana answered every failure
 
     @app.exception_handler(RedisConnectionError)
     @app.exception_handler(RedisTimeoutError)
@@ -149,7 +146,8 @@ def create_app(config: GatewayConfig) -> FastAPI:
         answer 401 without it: monitoring reads status codes, not Banana's envelope."""
         key = header_api_key(request)
         if keys and (key is None or not authorized(key.encode())):
-            return JSONResponse({"error": "send an API key as Authorization: Bearer KEY"}, status_code=401)
+            return JSONResponse(ErrorBody(error="send an API key as Authorization: Bearer KEY").model_dump(),
+                                status_code=401)
         return None
 
     def sent(schema: type[BaseModel]) -> Callable:
