@@ -1,6 +1,11 @@
 """The published OpenAPI documents (GET /openapi.json on the app and on the gateway), and schemathesis run
-against each live server: no server error, every answer's status, type and body as documented, and for the app,
-whatever breaks the documented schema refused with a 4xx."""
+against each live server with every check but one each:
+
+- the app is not held to "schema-valid data is accepted": some of its rules cannot be said in JSON Schema (an image
+  string must decode as an image, the pixel budget is a product, strength x steps must reach one step, an alias and
+  its field together), so data the document allows can still be refused, with a 422 naming the field;
+- the gateway is not held to "invalid data is refused with a 4xx": Banana's protocol answers it with HTTP 200 and a
+  message containing "error"."""
 
 import re
 import subprocess
@@ -11,12 +16,12 @@ import httpx
 import pytest
 
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
-CHECKS = ["not_a_server_error", "status_code_conformance", "content_type_conformance", "response_schema_conformance"]
 
 
-def schemathesis(base_url: str, checks: list[str], operations: int, examples: int = 60) -> None:
+def schemathesis(base_url: str, exempt: str, operations: int, examples: int = 60) -> None:
     run = subprocess.run(
-        [str(SCHEMATHESIS), "run", f"{base_url}/openapi.json", "--url", base_url, "--checks", ",".join(checks),
+        [str(SCHEMATHESIS), "run", f"{base_url}/openapi.json", "--url", base_url, "--checks", "all",
+         "--exclude-checks", exempt,
          "--max-examples", str(examples), "--seed", "1", "--workers", "1", "--request-timeout", "120",
          "--phases", "examples,coverage,fuzzing", "--suppress-health-check", "all"],
         capture_output=True, text=True, timeout=900)
@@ -35,7 +40,7 @@ def test_the_apps_document_carries_its_limits(limited_app):
 
 
 def test_schemathesis_against_the_app(limited_app):
-    schemathesis(limited_app.url, [*CHECKS, "negative_data_rejection"], operations=1)
+    schemathesis(limited_app.url, "positive_data_acceptance", operations=1)
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +49,8 @@ def gateway(start_gateway, limited_app):
 
 
 def test_schemathesis_against_the_gateway(gateway):
-    # Every route, with and without its trailing slash, /healthz and /livez (FastAPI's document). Banana's protocol
-    # answers a bad body with HTTP 200 and an error message, so "negative data rejected with a 4xx" does not apply.
-    schemathesis(gateway.url, CHECKS, operations=8, examples=30)
+    # Every route, with and without its trailing slash, /healthz and /livez (FastAPI's document).
+    schemathesis(gateway.url, "negative_data_rejection", operations=8, examples=30)
 
 
 def test_the_gateway_document_is_fastapis_and_imports_nothing_of_the_apps_side():
