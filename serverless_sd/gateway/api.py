@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 import uvicorn
 from fastapi import Depends, FastAPI, Request
@@ -53,6 +53,14 @@ class Health(BaseModel):
 
 class ErrorBody(BaseModel):
     error: str
+
+
+class Sent(NamedTuple):
+    """What a route's body dependency hands the route."""
+
+    body: BaseModel
+    api_key: str
+    inputs: str | None  # modelInputs as JSON text, forwarded to a replica as is
 
 
 class Rejected(Exception):
@@ -102,8 +110,8 @@ def create_app(config: GatewayConfig) -> FastAPI:
         logs.event("store_unavailable", error=type(error).__name__)
         return JSONResponse(answers.error("error: the job store is unavailable, try again shortly"))
 
-    async def parse(request: Request, schema: type[BaseModel]) -> tuple[BaseModel, str]:
-        """The body, validated, and the key it was sent with (from a header or the body)."""
+    async def parse(request: Request, schema: type[BaseModel]) -> Sent:
+        """The body, validated, the key it was sent with (from a header or the body), and its modelInputs as JSON."""
         header_key = header_api_key(request)
         if header_key is not None and not authorized(header_key.encode()):
             raise Rejected("error: invalid apiKey")
@@ -122,7 +130,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
             if not any([authorized(found) for found in candidates]):
                 raise Rejected("error: invalid apiKey")
         async with parsers:
-            data = await asyncio.to_thread(_load_json, bytes(body))
+            data, inputs = await asyncio.to_thread(_load_json, bytes(body))
         try:
             parsed = schema.model_validate(data)
         except ValidationError as error:
@@ -134,7 +142,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
             raise Rejected(MISSING_KEY)
         if header_key is None and not authorized(api_key.encode()):
             raise Rejected("error: invalid apiKey")
-        return parsed, api_key
+        return Sent(parsed, api_key, inputs)
 
     def authorized(api_key: bytes) -> bool:
         if not keys:
@@ -152,7 +160,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
 
     def sent(schema: type[BaseModel]) -> Callable:
         """The dependency that reads a route's body: the key first, then the bounded body, parsed off the loop."""
-        async def read(request: Request) -> tuple[BaseModel, str]:
+        async def read(request: Request) -> Sent:
             return await parse(request, schema)
         return read
 
@@ -197,8 +205,8 @@ def create_app(config: GatewayConfig) -> FastAPI:
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     @banana("/cancel/v4", "Cancel a queued or running job", CheckBody)
-    async def cancel(sent_body: Annotated[tuple[CheckBody, str], Depends(sent(CheckBody))]) -> dict:
-        body, api_key = sent_body
+    async def cancel(sent_body: Annotated[Sent, Depends(sent(CheckBody))]) -> dict:
+        body, api_key, _ = sent_body
         job = await owned(body.callID, api_key)
         cancelled = await dispatcher.cancel(job)
         if cancelled is None:
@@ -220,14 +228,13 @@ def create_app(config: GatewayConfig) -> FastAPI:
         return {"ok": True}
 
     @banana("/start/v4", "Start a job (and wait for it unless startOnly)", StartBody)
-    async def start(request: Request, sent_body: Annotated[tuple[StartBody, str], Depends(sent(StartBody))]) -> dict:
-        body, api_key = sent_body
+    async def start(request: Request, sent_body: Annotated[Sent, Depends(sent(StartBody))]) -> dict:
+        body, api_key, inputs = sent_body
         if config.model_key and not hmac.compare_digest(body.modelKey.encode(),
                                                         config.model_key.get_secret_value().encode()):
             raise Rejected("error: unknown modelKey")
         if body.webhook and (refusal := webhooks.refusal(body.webhook)):
             raise Rejected(f"error: {refusal}")
-        inputs = await asyncio.to_thread(json.dumps, body.modelInputs, ensure_ascii=False)  # forwarded as is
         job = await dispatcher.submit(Job(model_key=body.modelKey, owner=owner_of(api_key), webhook=body.webhook),
                                       inputs)
         if not body.startOnly:
@@ -238,8 +245,8 @@ def create_app(config: GatewayConfig) -> FastAPI:
         return answer
 
     @banana("/check/v4", "A job's state or result (longPoll waits for the end)", CheckBody)
-    async def check(request: Request, sent_body: Annotated[tuple[CheckBody, str], Depends(sent(CheckBody))]) -> dict:
-        body, api_key = sent_body
+    async def check(request: Request, sent_body: Annotated[Sent, Depends(sent(CheckBody))]) -> dict:
+        body, api_key, _ = sent_body
         await owned(body.callID, api_key)
         job = await dispatcher.wait(body.callID, config.long_poll if body.longPoll else 0, request.is_disconnected)
         if job is None:  # forgotten (its tombstone lapsed) while we waited
@@ -256,17 +263,24 @@ def header_api_key(request: Request) -> str | None:
     return request.headers.get("x-banana-api-key")
 
 
-def _load_json(body: bytes):
+def _load_json(body: bytes) -> tuple[object, str | None]:
     """A body as JSON that can be sent on as it came: no NaN or infinities (JSON has neither; Python reads both,
-    and 1e999 as infinity), no lone surrogates (they cannot be encoded to forward)."""
+    and 1e999 as infinity), no lone surrogates (they cannot be encoded to forward). Returns it, and its modelInputs
+    as the JSON text a replica will get: encoding them here, once, is also what checks them."""
     try:
         data = json.loads(body, parse_constant=_not_json, parse_float=_finite)
-        json.dumps(data, ensure_ascii=False).encode()
+        text = None
+        if isinstance(data, dict) and "modelInputs" in data:
+            text = json.dumps(data["modelInputs"], ensure_ascii=False)
+            text.encode()
+            json.dumps({**data, "modelInputs": None}, ensure_ascii=False).encode()  # the rest: small
+        else:
+            json.dumps(data, ensure_ascii=False).encode()
     except UnicodeEncodeError:  # a ValueError too: first
         raise Rejected("error: body: a string holds a lone surrogate (\\ud800-\\udfff), which is not text") from None
     except (ValueError, RecursionError):
         raise Rejected("error: body: not valid JSON") from None
-    return data
+    return data, text
 
 
 def _not_json(constant: str) -> None:

@@ -38,7 +38,9 @@ def requests(known_call: str) -> st.SearchStrategy[tuple[str, bytes]]:
     check_fields = {"apiKey": texts, "callID": call_ids}
     check_options = {"longPoll": st.booleans(), "id": texts}
     # Well-formed bodies (their modelInputs anything), or any subset of the fields, each plausible or arbitrary.
-    start = st.fixed_dictionaries(start_fields, optional=start_options) | inputs_for(start_fields | start_options)
+    start = (st.fixed_dictionaries(start_fields, optional=start_options) | inputs_for(start_fields | start_options)
+             # and, every draw, well-formed startOnly starts: the queue path must be reached, not left to chance
+             | st.fixed_dictionaries({**start_fields, "startOnly": st.just(True)}))
     check = st.fixed_dictionaries(check_fields, optional=check_options) | inputs_for(check_fields | check_options)
     return st.one_of(
         st.tuples(st.sampled_from(["/start/v4", "/start/v4/"]), bodies(start)),
