@@ -211,12 +211,19 @@ class Dispatcher:
                 pass
 
     async def _deliver(self, job: Job) -> None:
-        current = await self.store.get(job.call_id)
-        status = await self.webhooks.deliver(job.webhook, job_answer(current, await self.store.result(current)))
         attempt = job.webhook_attempts + 1
-        logs.event("webhook", call_id=job.call_id, attempt=attempt, status=status)
-        delivered = isinstance(status, int) and 200 <= status < 300
-        await self.store.reschedule_webhook(job, attempt, None if delivered else time.time() + self._delay(attempt - 1))
+        try:
+            current = await self.store.get(job.call_id)
+            if current is None:  # its record is gone (forgotten): nothing left to tell
+                await self.store.reschedule_webhook(job, attempt, None)
+                return
+            status = await self.webhooks.deliver(job.webhook, job_answer(current, await self.store.result(current)))
+            logs.event("webhook", call_id=job.call_id, attempt=attempt, status=status)
+            delivered = isinstance(status, int) and 200 <= status < 300
+            await self.store.reschedule_webhook(job, attempt,
+                                                None if delivered else time.time() + self._delay(attempt - 1))
+        except Exception as error:  # noqa: BLE001 - the claim's own due time brings the attempt back
+            logs.event("webhook_error", call_id=job.call_id, error=type(error).__name__)
         self._outbox.set()
 
     def _delay(self, attempts_made: int) -> float:
