@@ -92,8 +92,9 @@ class JobStore:
     async def finish(self, job: Job, result: str | None = None, error: str | None = None) -> bool:
         return await self._end(job, RUNNING, FAILED if error else SUCCEEDED, error, result)
 
-    async def requeue(self, job: Job) -> bool:
-        return await self._update(job, RUNNING, state=QUEUED, queued_at=time.time(), lease_until=None, backend=None)
+    async def requeue(self, job: Job, guard: dict | None = None) -> bool:
+        return await self._update(job, RUNNING, guard, state=QUEUED, queued_at=time.time(), lease_until=None,
+                                  backend=None)
 
     async def cancel(self, job: Job) -> bool:
         return job.state in ACTIVE and await self._end(job, job.state, CANCELLED, _CANCELLED)
@@ -104,8 +105,7 @@ class JobStore:
         failed = []
         for job in await self.backend.lapsed(time.time()):
             if job.attempts < max_attempts:
-                await self._update(job, RUNNING, {"lease_until": job.lease_until}, state=QUEUED,
-                                   queued_at=time.time(), lease_until=None, backend=None)
+                await self.requeue(job, guard={"lease_until": job.lease_until})
             elif await self._end(job, RUNNING, FAILED, _FAILED_RECOVERY.format(n=job.attempts),
                                  guard={"lease_until": job.lease_until}):
                 failed.append(await self.get(job.call_id))
@@ -143,9 +143,13 @@ class JobStore:
     async def close(self) -> None:
         await self.backend.close()
 
+    @staticmethod
+    def _expect(job: Job, state: str, guard: dict | None) -> dict:
+        """What must still hold for a change: the state and the attempt the caller saw, and any guard it adds."""
+        return {"state": state, "attempts": job.attempts, **(guard or {})}
+
     async def _update(self, job: Job, expected: str, guard: dict | None = None, **changes) -> bool:
-        return await self.backend.update(job.call_id, {"state": expected, "attempts": job.attempts, **(guard or {})},
-                                         changes)
+        return await self.backend.update(job.call_id, self._expect(job, expected, guard), changes)
 
     async def _end(self, job: Job, expected: str, state: str, error: str | None, result: str | None = None,
                    guard: dict | None = None) -> bool:
@@ -153,7 +157,7 @@ class JobStore:
         changes = {"state": state, "error": error, "finished": now, "lease_until": None,
                    "webhook_due": now if job.webhook else None}
         return await self.backend.update(
-            job.call_id, {"state": expected, "attempts": job.attempts, **(guard or {})}, changes,
+            job.call_id, self._expect(job, expected, guard), changes,
             end=(result, now + self.result_ttl_s, now + self.result_ttl_s + self.tombstone_s))
 
 
