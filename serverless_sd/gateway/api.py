@@ -247,8 +247,9 @@ def create_app(config: GatewayConfig) -> FastAPI:
     @banana("/check/v4", "A job's state or result (longPoll waits for the end)", CheckBody)
     async def check(request: Request, sent_body: Annotated[Sent, Depends(sent(CheckBody))]) -> dict:
         body, api_key, _ = sent_body
-        await owned(body.callID, api_key)
-        job = await dispatcher.wait(body.callID, config.long_poll if body.longPoll else 0, request.is_disconnected)
+        job = await owned(body.callID, api_key)
+        if body.longPoll:
+            job = await dispatcher.wait(body.callID, config.long_poll, request.is_disconnected)
         if job is None:  # forgotten (its tombstone lapsed) while we waited
             raise Rejected.unknown(body.callID)
         return answers.job_answer(job, await store.result(job), await store.position(job))
