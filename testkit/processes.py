@@ -27,13 +27,14 @@ class Service:
 
     ready_path = "/"
 
-    def __init__(self, tmp: Path, args: list[str], env: dict, port: int | None = None, nofile: int | None = None):
+    def __init__(self, tmp: Path, args: list[str], env: dict, port: int | None = None, nofile: int | None = None,
+                 host: str = "127.0.0.1"):
         self.nofile = nofile  # as `ulimit -n` would set it: the open-files limit containers give
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{host}:{self.port}"
         self.args, self.env = args, {**os.environ, "HF_HUB_OFFLINE": "1", **env}
         name = args[1] if args[0] == "-m" else Path(args[0]).stem
-        self.log_path = tmp / f"{name}-{self.port}.log"
+        self.log_path = tmp / f"{name}-{host}-{self.port}.log"
         self.start()
 
     def start(self) -> None:
@@ -100,11 +101,13 @@ class AppProcess(Service):
 
     ready_path = "/__status__"
 
-    def __init__(self, tmp: Path, env: dict, script: str = "app.py", nofile: int | None = None):
-        """script: a file (app.py) or a module (testkit.fault_app), run from the repository's root."""
-        port = free_port()
+    def __init__(self, tmp: Path, env: dict, script: str = "app.py", nofile: int | None = None,
+                 host: str = "127.0.0.1", port: int | None = None):
+        """script: a file (app.py) or a module (testkit.fault_app), run from the repository's root. host: any
+        127.x.y.z address, so that replicas of one set share a port as a headless Service's pods do."""
+        port = port or free_port()
         args = [script] if script.endswith(".py") else ["-m", script]
-        super().__init__(tmp, args, {"PORT": str(port), "HOST": "127.0.0.1", **env}, port, nofile)
+        super().__init__(tmp, args, {"PORT": str(port), "HOST": host, **env}, port, nofile, host)
 
     def post(self, inputs, **kwargs) -> httpx.Response:
         return httpx.post(self.url + "/", json=inputs, timeout=120, **kwargs)

@@ -33,8 +33,9 @@ def start_app(tmp_path_factory):
     started: list[AppProcess] = []
     tmp = tmp_path_factory.mktemp("apps")
 
-    def start(env: dict, script: str = "app.py", wait: bool = True, nofile: int | None = None) -> AppProcess:
-        app = AppProcess(tmp, env, script, nofile)
+    def start(env: dict, script: str = "app.py", wait: bool = True, nofile: int | None = None,
+              **where) -> AppProcess:
+        app = AppProcess(tmp, env, script, nofile, **where)
         started.append(app)
         return app.wait_ready() if wait else app
 

@@ -20,7 +20,7 @@ from typing import Annotated, NamedTuple
 import uvicorn
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -30,7 +30,7 @@ from .answers import Envelope
 from .bodies import CheckBody, StartBody
 from .config import GatewayConfig, parse_args
 from .dispatch import Dispatcher
-from .jobs import Job, owner_of
+from .jobs import QUEUED, RUNNING, Job, owner_of
 from .stores import QueueFull, open_store
 from .webhooks import Webhooks
 
@@ -49,6 +49,17 @@ CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline
 class Health(BaseModel):
     ok: bool
     backends: dict[str, bool]
+
+
+class Scale(BaseModel):
+    """How much work waits for the replicas: the number an autoscaler scales them on (KEDA's metrics-api scaler
+    reads `work`). One gateway fronts one model's replicas, so its totals are that model's; the modelKey callers
+    send is a credential, never published."""
+
+    work: int = Field(description="jobs queued and running: the replicas worth having, one job each")
+    queued: int
+    running: int
+    replicas: int = Field(description="replicas this gateway knows now (resolved from --backend)")
 
 
 class ErrorBody(BaseModel):
@@ -75,7 +86,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
     store = open_store(config.store, config.result_ttl, config.max_queued, config.max_queued_bytes)
     webhooks = Webhooks(config.webhook_hosts,
                         config.webhook_secret.get_secret_value() if config.webhook_secret else None)
-    dispatcher = Dispatcher(store, config.backends, config.job_timeout, config.lease, webhooks)
+    dispatcher = Dispatcher(store, config.backends, config.job_timeout, config.lease, webhooks, config.resolve_every)
     keys = [key.get_secret_value().encode() for key in config.api_keys]
     parsers = asyncio.Semaphore(PARSERS)
     loopback_listener = config.loopback_only()
@@ -150,8 +161,8 @@ def create_app(config: GatewayConfig) -> FastAPI:
         return any([hmac.compare_digest(api_key, key) for key in keys])
 
     def unauthorized(request: Request) -> JSONResponse | None:
-        """The operational routes (/metrics, /healthz) take the key as a header, like Prometheus' bearer auth, and
-        answer 401 without it: monitoring reads status codes, not Banana's envelope."""
+        """The operational routes (/metrics, /healthz, /scale) take the key as a header, like Prometheus' bearer
+        auth, and answer 401 without it: monitoring reads status codes, not Banana's envelope."""
         key = header_api_key(request)
         if keys and (key is None or not authorized(key.encode())):
             return JSONResponse(ErrorBody(error="send an API key as Authorization: Bearer KEY").model_dump(),
@@ -221,6 +232,14 @@ def create_app(config: GatewayConfig) -> FastAPI:
         if refused := unauthorized(request):
             return refused
         return {"ok": True, "backends": dispatcher.healthy}
+
+    @app.get("/scale", summary="The scale signal: jobs queued and running (for KEDA or any autoscaler)", responses={
+        200: {"model": Scale}, 401: {"model": ErrorBody, "description": "keys are configured and none was sent"}})
+    async def scale(request: Request):
+        if refused := unauthorized(request):
+            return refused
+        queued, running = dispatcher.counts.get(QUEUED, 0), dispatcher.counts.get(RUNNING, 0)
+        return Scale(work=queued + running, queued=queued, running=running, replicas=len(dispatcher.healthy))
 
     @app.get("/livez", summary="The gateway answers (for a liveness probe without a key)")
     async def livez() -> dict:

@@ -23,8 +23,10 @@ class GatewayConfig(BaseModel):
 
     host: str = Field("127.0.0.1", **flag("listen address (beyond loopback, API keys are required)"))
     port: int = Field(8080, ge=0, le=65535, **flag("listen port"))
-    backends: list[str] = Field(min_length=1, **flag("an app.py replica's URL; repeat for several", "BANANA_BACKENDS",
-                                                      "--backend"))
+    backends: list[str] = Field(min_length=1, **flag(
+        "an app.py replica's URL, or http://NAME:PORT for every address NAME resolves to (a Kubernetes headless "
+        "Service); repeat for several", "BANANA_BACKENDS", "--backend"))
+    resolve_every: float = Field(5, gt=0, **flag("how often backend names are resolved again (s)"))
     api_keys: list[SecretStr] = Field([], **flag("an accepted apiKey (16+ characters); repeat for several",
                                                  "BANANA_API_KEYS", "--api-key"))
     model_key: SecretStr | None = Field(None, **flag("the modelKey callers must send (unset: any)", "BANANA_MODEL_KEY"))

@@ -1,7 +1,9 @@
 """Dispatch: queued jobs go FIFO to the replicas, at most one in flight per replica (Potassium runs one at a time).
 
-A replica that fails mid-job is taken out until its /__status__ answers again, and the job is retried once
-(on whichever replica is free first); a job past its time limit fails with an error. While a job runs, its
+Replicas are found again every few seconds (replicas.py): one joins once its /__status__ answers, one whose address
+has gone takes no new job (the one it runs may end). A replica that fails mid-job is taken out until its
+/__status__ answers again, and the job is retried once (on whichever replica is free first); with no replica at all,
+jobs wait in the store; a job past its time limit fails with an error. While a job runs, its
 gateway renews the job's lease; a job whose lease lapses (its gateway died) is queued again by any gateway.
 Webhooks due in the store's outbox are delivered by whichever gateway sees them first.
 """
@@ -16,6 +18,7 @@ from .. import logs
 from .answers import job_answer
 from .jobs import Job
 from .metrics import Metrics
+from .replicas import resolve_all
 from .stores import JobStore
 from .webhooks import TIMEOUT_S, Webhooks
 
@@ -24,15 +27,19 @@ MAX_ATTEMPTS = 2
 
 class Dispatcher:
     def __init__(self, store: JobStore, backends: list[str], job_timeout_s: float, lease_s: float,
-                 webhooks: Webhooks):
+                 webhooks: Webhooks, resolve_every_s: float = 5):
         self.store = store
-        self.backends = backends
+        self.backends = backends  # as given: URLs, some of them names of replica sets
+        self.resolve_every_s = resolve_every_s
         self.job_timeout_s = job_timeout_s
         self.lease_s = lease_s
         self.webhooks = webhooks
         self.counts: dict[str, int] = {}  # jobs queued and running, refreshed each second for /metrics
         self.inputs_schema: dict | None = None  # modelInputs as the replicas document them, for the playground
-        self.healthy: dict[str, bool] = {url: False for url in backends}
+        self.healthy: dict[str, bool] = {}  # each replica known now: up and idle at its last check
+        self._found: dict[str, list[str]] = {}  # each --backend URL's replicas at the last lookup
+        self._replicas: dict[str, asyncio.Task] = {}
+        self._leaving: set[str] = set()  # replicas whose address has gone: they take no new job
         self._client = httpx.AsyncClient(timeout=httpx.Timeout(job_timeout_s, connect=5))
         self._work = asyncio.Event()
         self._finished = asyncio.Event()
@@ -43,14 +50,15 @@ class Dispatcher:
 
     async def start(self) -> None:
         await self._ended(await self.store.recover(MAX_ATTEMPTS))
-        self._tasks = [asyncio.create_task(self._serve(url)) for url in self.backends]
-        self._tasks.append(asyncio.create_task(self._maintain()))
+        await self._discover_once()
+        self._tasks = [asyncio.create_task(self._discover()), asyncio.create_task(self._maintain())]
         self._tasks.append(asyncio.create_task(self._deliver_webhooks()))
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._replicas.values()]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self._client.aclose()
         await self.webhooks.close()
 
@@ -88,8 +96,35 @@ class Dispatcher:
         finally:
             self.metrics.waiting -= 1
 
-    async def _serve(self, url: str) -> None:
+    async def _discover(self) -> None:
         while True:
+            await asyncio.sleep(self.resolve_every_s)
+            try:
+                await self._discover_once()
+            except Exception as error:  # noqa: BLE001 - tried again on the next round
+                logs.event("discovery_error", error=f"{type(error).__name__}: {error}")
+
+    async def _discover_once(self) -> None:
+        self._found = await resolve_all(self.backends, self._found)
+        now = {replica for replicas in self._found.values() for replica in replicas}
+        for url in now - self._replicas.keys():
+            logs.event("backend", backend=url, joined=True)
+            self.healthy[url] = False
+            self._replicas[url] = asyncio.create_task(self._serve(url))
+        for url in self._replicas.keys() - now - self._leaving:
+            logs.event("backend", backend=url, leaving=True)
+        self._leaving = set(self._replicas) - now
+
+    async def _serve(self, url: str) -> None:
+        try:
+            await self._serve_until_gone(url)
+        finally:
+            self._replicas.pop(url, None)
+            self.healthy.pop(url, None)
+            self._leaving.discard(url)
+
+    async def _serve_until_gone(self, url: str) -> None:
+        while url not in self._leaving:
             try:
                 if not await self._check(url):
                     await asyncio.sleep(1)
@@ -116,7 +151,7 @@ class Dispatcher:
             healthy = bool(status.get("gpu_available"))
         except (httpx.HTTPError, ValueError):
             healthy = False
-        if healthy != self.healthy[url]:
+        if healthy != self.healthy.get(url):
             logs.event("backend", backend=url, healthy=healthy)
         self.healthy[url] = healthy
         if healthy and self.inputs_schema is None:

@@ -35,6 +35,9 @@ class Metrics:
         lines += [f'sd_gateway_jobs{{state="{state}"}} {n}' for state, n in sorted(counts.items())]
         lines += ["# HELP sd_gateway_queue_length Jobs waiting for a replica.", "# TYPE sd_gateway_queue_length gauge",
                   f"sd_gateway_queue_length {counts.get('queued', 0)}"]
+        lines += ["# HELP sd_gateway_work Jobs queued and running: the scale signal (as GET /scale says it).",
+                  "# TYPE sd_gateway_work gauge",
+                  f"sd_gateway_work {counts.get('queued', 0) + counts.get('running', 0)}"]
         lines += ["# HELP sd_gateway_jobs_ended_total Jobs this gateway saw end, by outcome.",
                   "# TYPE sd_gateway_jobs_ended_total counter"]
         lines += [f'sd_gateway_jobs_ended_total{{state="{state}"}} {n}' for state, n in sorted(self.ended.items())]
