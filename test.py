@@ -4,7 +4,8 @@
     python3 test.py --prompt "nightclub" --start-only    # start, then poll check, showing progress
 
 Reads BANANA_URL (default http://localhost:8080/), BANANA_API_KEY and BANANA_MODEL_KEY, like Banana's own SDK.
-Standard library only, so it runs with any Python 3.
+With RUNPOD_ENDPOINT_URL (https://api.runpod.ai/v2/ENDPOINT_ID) and RUNPOD_API_KEY, it calls a RunPod Serverless
+endpoint instead (docs/deployment.md). Standard library only, so it runs with any Python 3.
 """
 
 import argparse
@@ -19,14 +20,30 @@ from pathlib import Path
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 
 
-def post(route: str, body: dict) -> dict:
-    url = os.environ.get("BANANA_URL", "http://localhost:8080/").rstrip("/") + route
-    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+def call(url: str, body: dict | None = None, headers: dict | None = None) -> dict:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data, {"Content-Type": "application/json", **(headers or {})})
     with urllib.request.urlopen(request, timeout=120) as response:
-        answer = json.loads(response.read())
+        return json.loads(response.read())
+
+
+def post(route: str, body: dict) -> dict:
+    answer = call(os.environ.get("BANANA_URL", "http://localhost:8080/").rstrip("/") + route, body)
     if "error" in answer["message"].lower():
         sys.exit(f"failed: {answer['message']}")
     return answer
+
+
+def runpod(endpoint: str, inputs: dict) -> dict:
+    """RunPod's /runsync, then /status until the job ends; the job's output is what a replica answers."""
+    headers = {"Authorization": f"Bearer {os.environ.get('RUNPOD_API_KEY', '')}"}
+    job = call(endpoint.rstrip("/") + "/runsync", {"input": inputs}, headers)
+    while job["status"] in ("IN_QUEUE", "IN_PROGRESS"):
+        time.sleep(1)
+        job = call(f"{endpoint.rstrip('/')}/status/{job['id']}", headers=headers)
+    if job["status"] != "COMPLETED":
+        sys.exit(f"failed: {job['status']}: {job.get('error')}")
+    return {"callID": job["id"], "modelOutputs": [job["output"]]}
 
 
 IMAGES = ("image", "mask_image", "control_image")  # files here, data URIs on the wire
@@ -91,18 +108,21 @@ def options() -> argparse.ArgumentParser:
     return parser
 
 
-def main() -> None:
-    args = options().parse_args()
-
+def banana(args: argparse.Namespace) -> dict:
     api_key = os.environ.get("BANANA_API_KEY", "")
     start = {"apiKey": api_key, "modelKey": os.environ.get("BANANA_MODEL_KEY", ""),
              "startOnly": args.start_only, "modelInputs": model_inputs(args)}
+    answer = post("/start/v4/", start)
+    return answer if answer["finished"] else wait_with_progress(api_key, answer["callID"])
+
+
+def main() -> None:
+    args = options().parse_args()
+    endpoint = os.environ.get("RUNPOD_ENDPOINT_URL")
     try:
-        answer = post("/start/v4/", start)
-        if not answer["finished"]:
-            answer = wait_with_progress(api_key, answer["callID"])
+        answer = runpod(endpoint, model_inputs(args)) if endpoint else banana(args)
     except OSError as error:
-        sys.exit(f"failed: cannot reach {os.environ.get('BANANA_URL', 'http://localhost:8080/')}: {error}")
+        sys.exit(f"failed: cannot reach {endpoint or os.environ.get('BANANA_URL', 'http://localhost:8080/')}: {error}")
     for path in save(answer["modelOutputs"], args.out, answer.get("callID", "call")):
         print(path)
 

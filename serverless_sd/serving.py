@@ -27,7 +27,7 @@ from flask import request as flask_request
 from potassium import Request, Response
 from werkzeug.exceptions import BadRequest, HTTPException
 
-from . import logs, origin
+from . import logs, origin, runpod_worker
 from .schema import ErrorBody, FieldError, InputError
 from .settings import Settings
 from .weights import WeightsError
@@ -141,8 +141,9 @@ class Potassium(potassium.Potassium):
 
     The one place in this project that touches Potassium's internals: its Flask app (`_flask_app`, hardened and
     given /openapi.json and /healthz), its init function (`_init_func`, run here first, alone, so that its
-    busy-waiting main thread cannot starve the loader) and its worker's FDRedirect (replaced by LinePrefixer).
-    `document(context)` builds the OpenAPI document once init() has loaded the model.
+    busy-waiting main thread cannot starve the loader), its worker's FDRedirect (replaced by LinePrefixer) and,
+    inside a RunPod Serverless worker, the handler of "/" (`_endpoints`, handed to the runpod SDK instead of
+    serving HTTP). `document(context)` builds the OpenAPI document once init() has loaded the model.
     """
 
     def __init__(self, name: str, settings: Settings, document: Callable[[dict], dict]):
@@ -163,6 +164,9 @@ class Potassium(potassium.Potassium):
         except WeightsError as error:
             raise SystemExit(f"app.py: {error}") from None
         logs.event("ready", model_id=settings.model_id, init_s=round(time.perf_counter() - started, 2))
+        if runpod_worker.wanted():
+            runpod_worker.start(self._endpoints["/"].func, context)
+            return
         self._init_func = lambda: context  # Potassium's own init now returns at once: no busy-wait worth the name
         document = self.document(context)
         self._flask_app.add_url_rule("/openapi.json", "openapi", lambda: _json_response(200, document),

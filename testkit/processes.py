@@ -176,3 +176,13 @@ class RedisServer:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(10)
+
+
+class RunPodWorker(Service):
+    """`python3 app.py --rp_serve_api`: the app as a RunPod Serverless worker, behind the runpod SDK's own local test
+    API (/run, /runsync, /status/{id}), which hands each job to the worker's handler as RunPod's queue would."""
+
+    def __init__(self, tmp: Path, env: dict):
+        port = free_port()
+        super().__init__(tmp, ["app.py", "--rp_serve_api", "--rp_api_host", "127.0.0.1", "--rp_api_port", str(port)],
+                         env, port)
