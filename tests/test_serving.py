@@ -3,6 +3,7 @@ the server keeps serving, and each request leaves one structured log line withou
 
 import concurrent.futures
 import json
+import os
 import subprocess
 import sys
 import time
@@ -183,6 +184,23 @@ def test_the_health_check_fails_when_the_replica_cannot_answer():
     result = subprocess.run([sys.executable, "-m", "serverless_sd.health", nobody], cwd=ROOT, capture_output=True,
                             text=True, timeout=30)
     assert result.returncode == 1 and "cannot reach" in result.stderr
+
+
+def test_the_drain_hook_returns_only_once_the_running_job_has_ended_and_the_replica_stayed_idle(start_app, models):
+    app = start_app({"MODEL_ID": str(models["sd"])})
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        running = pool.submit(app.post, {**GOOD, "num_inference_steps": 60})
+        while httpx.get(app.url + "/__status__").json()["gpu_available"]:
+            time.sleep(0.02)
+        subprocess.run([sys.executable, "-m", "serverless_sd.health", "--drain", app.url], cwd=ROOT, timeout=120,
+                       env={**os.environ, "DRAIN_IDLE_S": "1.5"}, check=True)
+        drained = time.time()
+        assert running.done() and running.result().status_code == 200
+    ended = app.events()[-1]["ts"]
+    assert drained - ended >= 1.5
+    app.stop()
+    assert subprocess.run([sys.executable, "-m", "serverless_sd.health", "--drain", app.url], cwd=ROOT,
+                          timeout=30).returncode == 0  # a replica already gone: nothing to wait for
 
 
 def test_a_prompt_past_77_tokens_leaves_no_word_in_the_log(sd_app):
