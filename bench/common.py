@@ -2,6 +2,7 @@
 
 import json
 import os
+import platform
 import subprocess
 import sys
 import tempfile
@@ -17,10 +18,16 @@ ROOT = Path(__file__).resolve().parent.parent
 def sd15_folder(folder: Path) -> Path:
     """SD 1.5's architecture with random weights, fp16 safetensors (about 2 GB), built once."""
     if not (folder / "model_index.json").exists():
-        import model_factory
+        from testkit import model_factory
 
         model_factory.save_sd15_sized(folder)
     return folder
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
 
 
 def peak_rss_mb(pid: int) -> float:

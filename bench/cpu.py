@@ -6,11 +6,9 @@ bench/results/cpu.json.
 
 import argparse
 import json
-import os
-import platform
 from pathlib import Path
 
-from bench.common import ROOT, App, Plain, median, plain_diffusers, sd15_folder
+from bench.common import ROOT, App, Plain, machine, median, plain_diffusers, sd15_folder
 
 SPEED = {"width": 256, "height": 256, "num_inference_steps": 4}
 
@@ -22,7 +20,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
     model = sd15_folder(args.model)
-    r: dict = {"machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version()}}
+    r: dict = {"machine": machine()}
 
     # Cold start, interleaved, the best of each (the page cache is warm for all of them; importing torch alone
     # varies by seconds on this shared machine). Potassium as it is, once: it is only there for scale.
@@ -83,13 +81,6 @@ def main() -> None:
     goals = {"cold_start_app_vs_bare": "<= 1.1", "speedup_app_vs_plain_fp32": ">= 2", "overhead_512_png": "<= 0.02"}
     for name, value in r["ratios"].items():
         print(f"| {name} | {value:.3f} | {goals.get(name, '')} |")
-
-
-def _cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 if __name__ == "__main__":

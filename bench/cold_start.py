@@ -1,0 +1,87 @@
+"""make coldstart: zero to first image. No replica runs; a caller starts a job; a scaler reading the gateway's scale
+signal (standing in for KEDA) starts a replica; the caller gets the image. The time is split into the scale
+decision, the replica's cold start, its joining the gateway, and the generation.
+
+The SD-1.5-sized model with random weights (bench/models/, built once), the gateway resolving a name whose
+addresses the scaler sets (as a headless Service's DNS lists ready pods), the real app.py and gateway.py. Plain
+diffusers' own load time (from_pretrained, in a fresh process) is measured in the same run beside the cold start.
+Writes bench/results/cold_start.json.
+"""
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from bench.common import ROOT, machine, plain_diffusers, sd15_folder
+from testkit.hosts import Hosts
+from testkit.processes import TEST_KEY, AppProcess, GatewayProcess, free_port
+
+NAME = "sd-app.bench"
+INPUTS = {"prompt": "a lighthouse at dusk", "width": 512, "height": 512, "num_inference_steps": 4, "seed": 1}
+
+
+def one_run(tmp: Path, model: Path, poll_s: float, resolve_s: float) -> dict:
+    names = Hosts(tmp / "hosts.json")
+    names.set(NAME, [])
+    port = free_port()
+    gateway = GatewayProcess(tmp, [f"http://{NAME}:{port}"], f"sqlite:///{tmp}/jobs.db", "--api-key", TEST_KEY,
+                             "--resolve-every", str(resolve_s), env=names.env).wait_ready(60)
+    key = {"Authorization": f"Bearer {TEST_KEY}"}
+    app = None
+    try:
+        started = time.monotonic()
+        call_id = gateway.start_job(INPUTS)["callID"]
+        # The scaler: polls the signal; at the first waiting job, starts a replica and lists it once it is ready.
+        while httpx.get(gateway.url + "/scale", headers=key).json()["work"] < 1:
+            time.sleep(poll_s)
+        decided = time.monotonic()
+        app = AppProcess(tmp, {"MODEL_ID": str(model)}, host="127.0.0.2", port=port).wait_ready(900)
+        ready = time.monotonic()
+        names.set(NAME, ["127.0.0.2"])
+        while gateway.check(call_id)["state"] == "queued":
+            time.sleep(0.05)
+        running = time.monotonic()
+        answer = gateway.result(call_id, timeout=1800)
+        done = time.monotonic()
+        assert answer["message"] == "success", answer
+        [ready_event] = app.events("ready")
+        return {"total_s": done - started, "scale_decision_s": decided - started, "cold_start_s": ready - decided,
+                "model_load_s": ready_event["init_s"], "join_s": running - ready, "generation_s": done - running,
+                "generation_pipeline_s": answer["modelOutputs"][0]["timings"]["inference_ms"] / 1000}
+    finally:
+        if app:
+            app.stop()
+        gateway.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", type=Path, default=ROOT / "bench" / "models" / "sd15-random")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--poll", type=float, default=1.0, help="the scaler's polling interval (KEDA's: 5 s here)")
+    parser.add_argument("--resolve-every", type=float, default=1.0)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "cold_start.json")
+    args = parser.parse_args()
+    model = sd15_folder(args.model)
+    runs, bare = [], []
+    for i in range(args.runs):
+        with tempfile.TemporaryDirectory() as tmp:
+            runs.append(one_run(Path(tmp), model, args.poll, args.resolve_every))
+        bare.append(plain_diffusers(model, load_only=True)["cold_s"])
+        print(f"run {i + 1}: " + ", ".join(f"{k} {v:.2f}" for k, v in runs[-1].items()), flush=True)
+    result = {"machine": machine(),
+              "inputs": INPUTS, "scaler_poll_s": args.poll, "resolve_every_s": args.resolve_every, "runs": runs,
+              "median": {k: statistics.median(r[k] for r in runs) for k in runs[0]},
+              "plain_from_pretrained_s": {"runs": bare, "median": statistics.median(bare)}}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result["median"], indent=2), "\nplain from_pretrained:", result["plain_from_pretrained_s"])
+
+
+if __name__ == "__main__":
+    main()
