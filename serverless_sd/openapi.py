@@ -1,12 +1,17 @@
 """The app's OpenAPI 3.1 document, served at GET /openapi.json: POST /, its modelInputs, answer and error body taken
 from the models in schema.py, with this deployment's limits filled in. (The gateway's own document is FastAPI's.)
 
-What JSON Schema cannot say (the pixel budget, which fields go together) is checked by the schema and answered 422.
+Which fields go together is said in JSON Schema too (allOf below), so that data valid by the document is accepted.
+What it cannot say: an image string must decode as an image (the "image" format), and width x height within the
+pixel budget (implied by the per-side maximum where MAX_SIDE squared fits MAX_PIXELS; else a 422 names it).
 """
 
 from pydantic import BaseModel
 
-from .schema import DEFAULT_STEPS, Answer, ErrorBody, FieldError, GenerateInputs, Limits
+from .schema import DEFAULT_STEPS, Answer, ErrorBody, FieldError, GenerateInputs, Limits, aliases
+
+IMAGES = ("image", "mask_image", "control_image")
+CONTROLNET_FIELDS = ("control_image", "controlnet_conditioning_scale")
 
 
 def _schema(model: type[BaseModel]) -> dict:
@@ -25,8 +30,14 @@ def app_document(limits: Limits) -> dict:
     fields["num_images"]["maximum"] = limits.max_images
     fields["prompt"]["maxLength"] = limits.max_prompt_chars
     fields["negative_prompt"]["anyOf"][0]["maxLength"] = limits.max_prompt_chars
-    fields["negative"] = {**fields["negative_prompt"], "title": "Negative (the same as negative_prompt)"}
-    fields["num_images_per_prompt"] = {**fields["num_images"], "title": "The same as num_images"}
+    for alias, name in aliases().items():
+        fields[alias] = {**fields[name], "title": f"The same as {name} (send one of the two)"}
+    for name in IMAGES:
+        fields[name]["anyOf"][0]["format"] = "image"
+    inputs["allOf"] = _fields_that_go_together(limits.controlnet)
+    if not limits.controlnet:  # this deployment refuses them: its document does not offer them
+        for name in CONTROLNET_FIELDS:
+            del fields[name]
     return {
         "openapi": "3.1.0",
         "info": {"title": "Stable Diffusion app (Potassium)", "version": "1"},
@@ -43,6 +54,22 @@ def app_document(limits: Limits) -> dict:
         }}},
         "components": {"schemas": {"FieldError": _schema(FieldError)}},
     }
+
+
+def _given(*names: str) -> dict:
+    """Each of these fields is sent, and not null."""
+    return {"required": list(names), "properties": {name: {"not": {"type": "null"}} for name in names}}
+
+
+def _fields_that_go_together(controlnet: bool) -> list[dict]:
+    """schema.GenerateInputs' mode rules, in JSON Schema."""
+    rules = [*({"not": {"required": [alias, name]}} for alias, name in aliases().items()),
+             {"if": _given("mask_image"), "then": _given("image")},
+             {"dependentSchemas": {"strength": _given("image")}}]
+    if controlnet:
+        rules += [{"dependentSchemas": {"controlnet_conditioning_scale": _given("control_image")}},
+                  {"not": _given("image", "control_image")}]
+    return rules
 
 
 def _json(description: str, schema: dict) -> dict:

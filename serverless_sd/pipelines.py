@@ -153,7 +153,7 @@ class StableDiffusion:
         with torch.inference_mode():
             result = pipe(
                 prompt=inputs.prompt, negative_prompt=inputs.negative_prompt,
-                num_inference_steps=inputs.num_inference_steps, guidance_scale=inputs.guidance_scale,
+                num_inference_steps=inputs.schedule_steps(), guidance_scale=inputs.guidance_scale,
                 num_images_per_prompt=inputs.num_images, generator=generators, **options,
             )
         # The safety checker, where the model has one, blanks each flagged image and flags it; the rest stand.

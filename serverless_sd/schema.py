@@ -23,6 +23,7 @@ from . import images, schedulers
 
 SEED_LIMIT = 2**64
 DEFAULT_STEPS = 25
+MIN_STRENGTH = 0.01  # one step at this strength takes a 100-step schedule; schedulers stop at 1000
 OPERATOR_LIMITS = {"num_inference_steps": "max_steps", "num_images": "max_images"}  # field -> Limits attribute
 
 
@@ -71,7 +72,7 @@ InputImage = Annotated[Image.Image, WithJsonSchema({
 
 
 class GenerateInputs(BaseModel):
-    """Text-to-image inputs. Strict types: "512" is not a width, true is not a step count."""
+    """Text-to-image inputs. Strict types: "512" is not a width, true is not a step count, 512.5 is not a size."""
 
     model_config = ConfigDict(strict=True, extra="forbid", populate_by_name=True, frozen=True,
                               arbitrary_types_allowed=True)
@@ -90,7 +91,7 @@ class GenerateInputs(BaseModel):
     # The mode follows from the images given: image (img2img), image + mask_image (inpainting), control_image.
     image: InputImage | None = None
     mask_image: InputImage | None = None
-    strength: float = Field(0.8, gt=0, le=1, allow_inf_nan=False)
+    strength: float = Field(0.8, ge=MIN_STRENGTH, le=1, allow_inf_nan=False)
     control_image: InputImage | None = None
     controlnet_conditioning_scale: float = Field(1.0, ge=0, le=2, allow_inf_nan=False)
 
@@ -101,6 +102,13 @@ class GenerateInputs(BaseModel):
         if isinstance(data, dict) and "num_inference_steps" not in data:
             return {**data, "num_inference_steps": min(DEFAULT_STEPS, _limits(info).max_steps)}
         return data
+
+    @field_validator("width", "height", "num_inference_steps", "seed", "num_images", mode="before")
+    @classmethod
+    def _integral(cls, value: Any) -> Any:
+        # JSON does not tell 512 from 512.0 (JavaScript cannot even write the latter) and JSON Schema calls both an
+        # integer: so is it here. 512.5 stays a number that is not an integer.
+        return int(value) if isinstance(value, float) and value.is_integer() else value
 
     @field_validator("image", "mask_image", "control_image", mode="before")
     @classmethod
@@ -160,10 +168,6 @@ class GenerateInputs(BaseModel):
             raise _field_error("control_image", "this deployment has no ControlNet (its operator sets CONTROLNET_ID)")
         if "controlnet_conditioning_scale" in given and self.control_image is None:
             raise _field_error("controlnet_conditioning_scale", "applies only with control_image")
-        if self.image is not None and int(self.num_inference_steps * self.strength) < 1:
-            # img2img runs num_inference_steps x strength steps: at least one.
-            raise _field_error("strength", f"x num_inference_steps must be at least 1 step "
-                                           f"(got {self.strength} x {self.num_inference_steps})")
         return self
 
     @property
@@ -194,6 +198,16 @@ class GenerateInputs(BaseModel):
         else:
             default = (limits.native_width, limits.native_height)
         return self.width or default[0], self.height or default[1]
+
+    def schedule_steps(self) -> int:
+        """The schedule's length. img2img and inpainting run its last num_inference_steps x strength steps; where
+        that is under one, the schedule is lengthened until one step runs, at the strength asked for (as
+        AUTOMATIC1111 runs at least one)."""
+        steps = self.num_inference_steps
+        if self.image is not None:
+            while int(steps * self.strength) < 1:
+                steps += 1
+        return steps
 
     def seeds(self) -> list[int]:
         """One seed per image; image i regenerates alone from seeds[i]."""
@@ -250,9 +264,18 @@ def parse(body: Any, limits: Limits) -> GenerateInputs:
         raise InputError([_describe(e) for e in error.errors()]) from None
 
 
+def aliases() -> dict[str, str]:
+    """Each other name a field answers to (negative: negative_prompt), as the model declares it."""
+    return {alias: name for name, field in GenerateInputs.model_fields.items()
+            if isinstance(field.validation_alias, AliasChoices)
+            for alias in field.validation_alias.choices if alias != name}
+
+
 def _describe(error: dict) -> tuple[str, str]:
     field = ".".join(str(part) for part in error["loc"]) or "modelInputs"
     kind = error["type"]
+    if kind == "extra_forbidden" and field in aliases():
+        return field, f"the same field as {aliases()[field]}: send one of the two"
     if kind == "extra_forbidden":
         known = ", ".join(sorted(GenerateInputs.model_fields))
         return field, f"unknown field (known fields: {known})"

@@ -86,7 +86,8 @@ def sdxl_app(start_app, models) -> AppProcess:
 
 @pytest.fixture(scope="session")
 def limited_app(start_app, models) -> AppProcess:
-    """Tight limits (2 steps, the native 256x256 at most), so that whatever passes validation runs in a moment."""
+    """Tight limits (2 steps, 128x128 at most), so that whatever passes validation runs in a moment. MAX_SIDE
+    squared is MAX_PIXELS: the per-side bound implies the pixel budget, which JSON Schema cannot state."""
     return start_app({"MODEL_ID": str(models["sd"]), "CONTROLNET_ID": str(models["controlnet"]), "MAX_STEPS": "2",
-                      "MAX_SIDE": "256", "MAX_PIXELS": "4096", "MAX_IMAGES": "2", "MAX_PROMPT_CHARS": "100",
+                      "MAX_SIDE": "128", "MAX_PIXELS": "16384", "MAX_IMAGES": "2", "MAX_PROMPT_CHARS": "100",
                       "MAX_INPUT_PIXELS": "40000", "MAX_BODY_BYTES": "65536"})

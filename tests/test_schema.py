@@ -52,8 +52,11 @@ def test_one_side_given_takes_the_other_from_the_model():
     assert parse({"prompt": "a", "width": 768}, LIMITS).size(LIMITS) == (768, 512)
 
 
-def test_integral_floats_are_not_sizes_but_ints_are_guidance():
-    assert "valid integer" in errors({"prompt": "a", "width": 512.0})["width"]
+def test_integral_numbers_are_integers_as_json_schema_says_and_ints_are_guidance():
+    inputs = parse({"prompt": "a", "width": 512.0, "seed": 173.0, "num_images": 2.0}, LIMITS)
+    assert (inputs.width, inputs.seed, inputs.num_images) == (512, 173, 2) and type(inputs.width) is int
+    assert "valid integer" in errors({"prompt": "a", "width": 512.5})["width"]
+    assert "valid integer" in errors({"prompt": "a", "num_inference_steps": True})["num_inference_steps"]
     assert parse({"prompt": "a", "guidance_scale": 5}, LIMITS).guidance_scale == 5.0
 
 
@@ -65,6 +68,28 @@ def test_seeds_per_image():
 
 def test_messages_name_the_alias_the_caller_used():
     assert "num_images_per_prompt" in errors({"prompt": "a", "num_images_per_prompt": 9})
+
+
+def test_a_field_and_its_alias_together_are_refused_as_such():
+    assert errors({"prompt": "a", "negative": "b", "negative_prompt": "c"}) == {
+        "negative": "the same field as negative_prompt: send one of the two"}
+
+
+IMAGE = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABSK+kcQAAAABJRU5E"
+         "rkJggg==")  # 1x1
+
+
+@pytest.mark.parametrize(("steps", "strength", "schedule"), [(25, 0.8, 25), (5, 0.1, 10), (1, 0.3, 4), (1, 0.01, 100),
+                                                             (2, 0.5, 2), (3, 1.0, 3)])
+def test_img2img_under_one_step_lengthens_the_schedule_until_one_runs(steps, strength, schedule):
+    inputs = parse({"prompt": "a", "image": IMAGE, "num_inference_steps": steps, "strength": strength}, LIMITS)
+    assert inputs.schedule_steps() == schedule and int(schedule * strength) >= 1
+    assert int((schedule - 1) * strength) < 1 or schedule == steps  # no longer than it must be
+    assert parse({"prompt": "a", "num_inference_steps": steps}, LIMITS).schedule_steps() == steps  # txt2img: as is
+
+
+def test_strength_has_a_floor_a_schedule_can_reach():
+    assert "greater than or equal to 0.01" in errors({"prompt": "a", "image": IMAGE, "strength": 0.001})["strength"]
 
 
 def _test_py():
