@@ -32,8 +32,8 @@ async def resolve(url: str) -> list[str] | None:
     parts = urlsplit(url)
     port = parts.port or 80
     try:
-        # The C library's resolver in a thread (uvloop's loop.getaddrinfo is libuv's): /etc/hosts, resolv.conf's
-        # search domains and ndots, as every other program in the container resolves.
+        # The C library's resolver (/etc/hosts, resolv.conf's search domains), in a thread as asyncio's own loop
+        # does it; called through socket.getaddrinfo even under uvloop, so that the tests can set a name's answer.
         found = await asyncio.to_thread(socket.getaddrinfo, parts.hostname, port, type=socket.SOCK_STREAM)
     except socket.gaierror as error:
         if error.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)):
