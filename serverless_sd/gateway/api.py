@@ -19,17 +19,21 @@ from typing import Annotated, NamedTuple
 
 import uvicorn
 from fastapi import Depends, FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field, ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import logs, origin
-from . import answers
+from . import a1111, answers, openai_images
 from .answers import Envelope
 from .bodies import CheckBody, StartBody
 from .config import GatewayConfig, parse_args
 from .dispatch import Dispatcher
+from .generation import Generations, Refused
 from .jobs import QUEUED, RUNNING, Job, owner_of
 from .stores import QueueFull, open_store
 from .webhooks import Webhooks
@@ -101,6 +105,9 @@ def create_app(config: GatewayConfig) -> FastAPI:
 
     app = FastAPI(title="Banana v4 gateway", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.dispatcher = dispatcher
+    app.add_middleware(BodyLimit, limit=config.max_body_bytes)
+    # OpenAI's and AUTOMATIC1111's APIs: each generation waits out its queue time limit, then its run time limit.
+    generations = Generations(dispatcher, config.model_name, 2 * config.job_timeout + 10)
 
     @app.middleware("http")
     async def refuse_other_sites(request: Request, call_next):
@@ -113,6 +120,24 @@ def create_app(config: GatewayConfig) -> FastAPI:
     @app.exception_handler(QueueFull)
     async def rejected(_: Request, rejection: Exception) -> JSONResponse:
         return JSONResponse(answers.error(str(rejection)))  # HTTP 200, as Banana answered every failure
+
+    @app.exception_handler(Refused)
+    async def refused_in_its_apis_shape(request: Request, refused: Refused) -> JSONResponse:
+        return _shape(request.url.path)(refused)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException):
+        if request.url.path.startswith("/v1/"):  # OpenAI's clients read its error body, whatever went wrong
+            response = openai_images.error_response(Refused(error.status_code, str(error.detail)))
+            response.headers.update(error.headers or {})  # a 405's Allow
+            return response
+        return await http_exception_handler(request, error)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(request: Request, error: RequestValidationError) -> JSONResponse:
+        first = error.errors()[0] if error.errors() else {"loc": (), "msg": "invalid body"}
+        field = ".".join(str(part) for part in first["loc"][1:]) or "body"
+        return _shape(request.url.path)(Refused(400, f"{field}: {first['msg']}", field))
 
     @app.exception_handler(RedisConnectionError)
     @app.exception_handler(RedisTimeoutError)
@@ -246,6 +271,9 @@ def create_app(config: GatewayConfig) -> FastAPI:
         """For a liveness probe that carries no key: the event loop answers. Says nothing else."""
         return {"ok": True}
 
+    app.include_router(openai_images.router(generations, authorized, config.model_name))
+    app.include_router(a1111.router(generations, authorized, config.model_name))
+
     @banana("/start/v4", "Start a job (and wait for it unless startOnly)", StartBody)
     async def start(request: Request, sent_body: Annotated[Sent, Depends(sent(StartBody))]) -> dict:
         body, api_key, inputs = sent_body
@@ -274,6 +302,44 @@ def create_app(config: GatewayConfig) -> FastAPI:
         return answers.job_answer(job, await store.result(job), await store.position(job))
 
     return app
+
+
+def _shape(path: str) -> Callable[[Refused], JSONResponse]:
+    """The error shape of the API a path belongs to."""
+    return openai_images.error_response if path.startswith("/v1/") else a1111.error_response
+
+
+class BodyLimit:
+    """Bounds the bodies FastAPI reads itself (OpenAI's and A1111's routes; Banana's read theirs with a bound):
+    past --max-body-bytes, declared or streamed, the answer is 413 in the API's own shape."""
+
+    class TooLarge(Exception):
+        pass
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope["path"].startswith(("/v1/", "/sdapi/")):
+            return await self.app(scope, receive, send)
+        refused = Refused(413, f"body: larger than {self.limit} bytes")
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            return await _shape(scope["path"])(refused)(scope, receive, send)
+        received = 0
+
+        async def bounded():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise BodyLimit.TooLarge
+            return message
+
+        try:
+            await self.app(scope, bounded, send)
+        except BodyLimit.TooLarge:
+            await _shape(scope["path"])(refused)(scope, receive, send)
 
 
 def header_api_key(request: Request) -> str | None:

@@ -30,6 +30,9 @@ class GatewayConfig(BaseModel):
     api_keys: list[SecretStr] = Field([], **flag("an accepted apiKey (16+ characters); repeat for several",
                                                  "BANANA_API_KEYS", "--api-key"))
     model_key: SecretStr | None = Field(None, **flag("the modelKey callers must send (unset: any)", "BANANA_MODEL_KEY"))
+    model_name: str = Field("stable-diffusion", min_length=1, **flag(
+        "the model's name in the OpenAI and AUTOMATIC1111 APIs (GET /v1/models, /sdapi/v1/sd-models)",
+        "BANANA_MODEL_NAME"))
     store: str = Field("sqlite:///gateway.db", **flag("sqlite:///path or redis://host:port/db", "BANANA_STORE"))
     sync_timeout: float = Field(60, gt=0, **flag("how long a start without startOnly waits (s)"))
     long_poll: float = Field(50, gt=0, **flag("how long a check with longPoll waits (s)"))

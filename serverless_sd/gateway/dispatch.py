@@ -271,6 +271,8 @@ class Dispatcher:
 
 
 def _outcome(response: httpx.Response) -> dict:
+    """The job's result and error. A failed job keeps the app's error body as its result (never shown as
+    modelOutputs): the synchronous APIs read which fields it names."""
     try:
         body = response.json()
     except ValueError:
@@ -279,6 +281,6 @@ def _outcome(response: httpx.Response) -> dict:
         return {"result": response.text}
     detail = body.get("error") if isinstance(body, dict) else None
     if detail:
-        return {"error": f"error: {detail}"}
+        return {"error": f"error: {detail}", "result": response.text}
     return {"error": f"error: the model answered HTTP {response.status_code}"}
 

@@ -29,6 +29,10 @@ class Metrics:
                 if seconds <= bound:
                     self.histograms[name][i] += 1
 
+    def mean_run_s(self) -> float | None:
+        """How long the jobs this gateway saw end ran, on average (None before the first)."""
+        return self.sums["run"] / self.count if self.count else None
+
     def render(self, counts: dict[str, int], backends: dict[str, bool]) -> str:
         lines = ["# HELP sd_gateway_jobs Jobs in the store now, by state (every gateway's).",
                  "# TYPE sd_gateway_jobs gauge"]

@@ -82,6 +82,11 @@ class JobStore:
         text = await self.backend.result(job.call_id) if job.state == SUCCEEDED else None
         return json.loads(text) if text else None
 
+    async def refusal(self, job: Job) -> dict | None:
+        """A failed job's error body as the app answered it (which fields it names), where it answered one."""
+        text = await self.backend.result(job.call_id) if job.state == FAILED else None
+        return json.loads(text) if text else None
+
     async def claim(self, backend: str, lease_s: float) -> Job | None:
         now = time.time()
         return await self.backend.claim(backend, now, now + lease_s)
