@@ -44,7 +44,7 @@ class Generations:
             self._remember(owner, job.call_id)
             job = await self.dispatcher.wait(job.call_id, self.wait_s, gone)
             if job is None or not job.done:
-                raise Refused(504, f"the job {job.call_id if job else ''} did not end within {self.wait_s:g} s")
+                raise Refused(504, f"the job did not end within {self.wait_s:g} s")
             result, refusal = await self.dispatcher.store.result(job), await self.dispatcher.store.refusal(job)
         except QueueFull as full:
             raise Refused(429, str(full).removeprefix("error: ")) from None
