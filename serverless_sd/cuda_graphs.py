@@ -2,14 +2,25 @@
 
 At 512x512 on an H100-class GPU, Stable Diffusion's UNet step is bound by kernel launches, not arithmetic; a graph
 replays a whole step with one launch. Each input shape (size, batch) gets its own graph, captured the second time
-it is seen; past `max_graphs` shapes, new ones run eagerly, as before.
+it is seen. At most `max_graphs` are kept: past that, the least recently used one is released (its memory with it)
+to make room, and said in the log. An integer timestep (DDIM's, PNDM's) is given to the graph as float32, as the
+UNet's time embedding reads it anyway, so that one graph serves every scheduler family at a size.
 """
 
+import weakref
+from collections import OrderedDict
 from typing import Any, Callable
 
 import torch
 
 from . import logs
+
+_INSTANCES: "weakref.WeakSet[CudaGraphed]" = weakref.WeakSet()
+
+
+def status() -> dict[str, int]:
+    """For the app's /healthz: graphs held now, and the most that may be."""
+    return {"captured": sum(len(g.graphs) for g in _INSTANCES), "max": sum(g.max_graphs for g in _INSTANCES)}
 
 
 class CudaGraphed:
@@ -17,17 +28,26 @@ class CudaGraphed:
         self.forward = forward
         self.max_graphs = max_graphs
         self.seen: set[tuple] = set()
-        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, list[torch.Tensor], Any]] = {}
+        # Most recently used last.
+        self.graphs: OrderedDict[tuple, tuple[torch.cuda.CUDAGraph, list[torch.Tensor], Any]] = OrderedDict()
         self.eager: set[tuple] = set()  # shapes whose capture failed
+        _INSTANCES.add(self)
 
     def __call__(self, *args, **kwargs):
         leaves, rebuild = _flatten((args, kwargs))
+        leaves = [_as_float_timestep(leaf) for leaf in leaves]
         key = (len(args), tuple(kwargs), *(
             (tuple(t.shape), t.dtype, t.device) if isinstance(t, torch.Tensor) else t for t in leaves))
-        if key not in self.graphs:
-            if key not in self.seen or key in self.eager or len(self.graphs) >= self.max_graphs:
+        if key in self.graphs:
+            self.graphs.move_to_end(key)
+        else:
+            if key not in self.seen or key in self.eager:
                 self.seen.add(key)
                 return self.forward(*args, **kwargs)
+            if len(self.graphs) >= self.max_graphs:
+                evicted, (graph, _, _) = self.graphs.popitem(last=False)
+                graph.reset()
+                logs.event("cuda_graph_evicted", sample=str(evicted[2])[:200], held=len(self.graphs))
             try:
                 self.graphs[key] = self._capture(leaves, rebuild)
             except RuntimeError as error:  # a model that syncs with the CPU mid-step cannot be captured
@@ -55,6 +75,12 @@ class CudaGraphed:
         with torch.cuda.graph(graph):
             static_output = self.forward(*static_args, **static_kwargs)
         return graph, [t for t in static_leaves if isinstance(t, torch.Tensor)], static_output
+
+
+def _as_float_timestep(leaf):
+    if isinstance(leaf, torch.Tensor) and leaf.ndim <= 1 and not leaf.is_floating_point() and leaf.dtype != torch.bool:
+        return leaf.float()
+    return leaf
 
 
 def _flatten(tree) -> tuple[list, Callable]:

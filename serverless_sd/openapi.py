@@ -38,6 +38,10 @@ def app_document(limits: Limits) -> dict:
     if not limits.controlnet:  # this deployment refuses them: its document does not offer them
         for name in CONTROLNET_FIELDS:
             del fields[name]
+    if limits.inpainting_only:
+        inputs["required"] = [*inputs["required"], "image", "mask_image"]
+        for name in ("image", "mask_image"):
+            fields[name] = {**fields[name]["anyOf"][0], "description": fields[name].get("description", "")}
     return {
         "openapi": "3.1.0",
         "info": {"title": "Stable Diffusion app (Potassium)", "version": "1"},

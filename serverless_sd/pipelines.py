@@ -13,7 +13,7 @@ from diffusers import (
 )
 from PIL import Image
 
-from . import images, schedulers, seeds, weights
+from . import images, logs, schedulers, seeds, weights
 from .cuda_graphs import CudaGraphed
 from .schema import Answer, GenerateInputs, Limits
 from .settings import Settings
@@ -63,18 +63,19 @@ class StableDiffusion:
         self.pipe = pipe
         self.controlnet = controlnet
         self.model_scheduler = pipe.scheduler  # never run: each request gets a fresh scheduler built from it
-        self.modes = {
-            "txt2img": pipe,
-            "img2img": AutoPipelineForImage2Image.from_pipe(pipe),
-            "inpaint": AutoPipelineForInpainting.from_pipe(pipe),
-        }
-        if controlnet is not None:
+        # An inpainting checkpoint's UNet also reads the mask and the masked picture (9 channels, not 4): it can
+        # only inpaint, and the others modes are refused with a 422 (Limits.inpainting_only).
+        inpainting_only = pipe.unet.config.in_channels == 9
+        self.modes = {"inpaint": AutoPipelineForInpainting.from_pipe(pipe)}
+        if not inpainting_only:
+            self.modes |= {"txt2img": pipe, "img2img": AutoPipelineForImage2Image.from_pipe(pipe)}
+        if controlnet is not None and not inpainting_only:
             self.modes["controlnet"] = AutoPipelineForText2Image.from_pipe(pipe, controlnet=controlnet)
         for mode in self.modes.values():
             mode.set_progress_bar_config(disable=True)
         native = pipe.unet.config.sample_size * pipe.vae_scale_factor
         self.limits = Limits.from_settings(settings, native_width=native, native_height=native,
-                                           controlnet=controlnet is not None)
+                                           controlnet="controlnet" in self.modes, inpainting_only=inpainting_only)
 
     @classmethod
     def load(cls, settings: Settings) -> "StableDiffusion":
@@ -107,8 +108,10 @@ class StableDiffusion:
             model.compile()
         elif device.type == "cuda" and settings.cuda_graphs:
             pipe.unet.forward = CudaGraphed(pipe.unet.forward)
-        if device.type == "cuda":
+        if settings.warm_up == "on" or (settings.warm_up == "auto" and device.type == "cuda"):
+            started = time.perf_counter()
             model.warm_up()
+            logs.event("warm_up", ms=round((time.perf_counter() - started) * 1000, 1))
         return model
 
     def compile(self) -> None:
@@ -129,9 +132,14 @@ class StableDiffusion:
 
     def warm_up(self) -> None:
         """Run the native size once at init, so that the first caller does not pay for CUDA's and cuDNN's set-up,
-        the CUDA graph's capture (second call) or the compile: three steps."""
-        self.generate(GenerateInputs.model_validate(
-            {"prompt": "warm-up", "num_inference_steps": 3, "seed": 0}, context={"limits": self.limits}))
+        the CUDA graph's capture (second call) or the compile: three steps (or MAX_STEPS, if fewer), in the mode the
+        model serves by default (an inpainting model's is inpainting)."""
+        inputs = {"prompt": "a", "num_inference_steps": min(3, self.limits.max_steps), "seed": 0}
+        if self.limits.inpainting_only:
+            size = (self.limits.native_width, self.limits.native_height)
+            inputs |= {"image": images.to_data_uri(Image.new("RGB", size), "png"),
+                       "mask_image": images.to_data_uri(Image.new("L", size, 255), "png")}
+        self.generate(GenerateInputs.model_validate(inputs, context={"limits": self.limits}))
 
     def generate(self, inputs: GenerateInputs) -> Generation:
         width, height = inputs.size(self.limits)

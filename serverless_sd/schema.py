@@ -41,6 +41,7 @@ class Limits:
     max_input_pixels: int
     max_image_bytes: int
     controlnet: bool = False
+    inpainting_only: bool = False  # an inpainting checkpoint: its UNet needs image and mask_image
 
     @classmethod
     def from_settings(cls, settings: Any, **model: Any) -> "Limits":
@@ -164,6 +165,9 @@ class GenerateInputs(BaseModel):
             raise _field_error("strength", "applies only with image (img2img or inpainting)")
         if self.control_image is not None and self.image is not None:
             raise _field_error("control_image", "cannot be combined with image; send one or the other")
+        if _limits(info).inpainting_only and (self.image is None or self.mask_image is None):
+            raise _field_error("image" if self.image is None else "mask_image",
+                               "this deployment's model is an inpainting model: send image and mask_image")
         if self.control_image is not None and not _limits(info).controlnet:
             raise _field_error("control_image", "this deployment has no ControlNet (its operator sets CONTROLNET_ID)")
         if "controlnet_conditioning_scale" in given and self.control_image is None:

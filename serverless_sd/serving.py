@@ -27,7 +27,7 @@ from flask import request as flask_request
 from potassium import Request, Response
 from werkzeug.exceptions import BadRequest, HTTPException
 
-from . import logs, origin, runpod_worker
+from . import cuda_graphs, logs, origin, runpod_worker
 from .schema import ErrorBody, FieldError, InputError
 from .settings import Settings
 from .weights import WeightsError
@@ -182,7 +182,7 @@ def _healthz(settings: Settings) -> FlaskResponse:
     if problem:
         logs.event("unhealthy", reason=problem)
         return _json_response(503, {"ok": False, "error": problem})  # not ErrorBody: probes read "ok"
-    return _json_response(200, {"ok": True, "busy": not status["gpu_available"]})
+    return _json_response(200, {"ok": True, "busy": not status["gpu_available"], "cuda_graphs": cuda_graphs.status()})
 
 
 def _harden(flask_app: Flask, settings: Settings) -> None:

@@ -23,6 +23,7 @@ class Settings(BaseModel):
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     compile: bool = False
     cuda_graphs: bool = True
+    warm_up: Literal["auto", "on", "off"] = "auto"  # auto: on CUDA, where the first request would pay set-up
     log_prompts: bool = False
     # "plain": image_base64 without its data:image/...;base64, prefix, as the original template's clients decode it.
     image_base64: Literal["data_uri", "plain"] = "data_uri"

@@ -12,6 +12,7 @@ from diffusers import (
     ControlNetModel,
     EulerDiscreteScheduler,
     PNDMScheduler,
+    StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
@@ -46,11 +47,10 @@ def _text_encoder_config(hidden: int, layers: int, heads: int, projection: int, 
 
 
 def tiny_unet(**extra) -> UNet2DConditionModel:
-    return UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32, **extra,
-    )
+    return UNet2DConditionModel(**{
+        "block_out_channels": (32, 64), "layers_per_block": 2, "sample_size": 32, "in_channels": 4, "out_channels": 4,
+        "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+        "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"), "cross_attention_dim": 32, **extra})
 
 
 def tiny_vae() -> AutoencoderKL:
@@ -72,6 +72,19 @@ def save_tiny_sd(folder: Path, safety_checker: bool = False) -> Path:
         text_encoder=CLIPTextModel(_text_encoder_config(32, 2, 4, 32, 1000)), tokenizer=byte_level_tokenizer(),
         scheduler=PNDMScheduler(skip_prk_steps=True), safety_checker=checker, feature_extractor=extractor,
         requires_safety_checker=safety_checker,
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def save_tiny_sd_inpainting(folder: Path) -> Path:
+    """An inpainting checkpoint, SD-1.x-shaped: its UNet reads 9 channels (latents, mask, masked image)."""
+    torch.manual_seed(0)
+    pipe = StableDiffusionInpaintPipeline(
+        unet=tiny_unet(in_channels=9), vae=tiny_vae(),
+        text_encoder=CLIPTextModel(_text_encoder_config(32, 2, 4, 32, 1000)), tokenizer=byte_level_tokenizer(),
+        scheduler=PNDMScheduler(skip_prk_steps=True), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
     )
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder

@@ -24,6 +24,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
         "sdxl": model_factory.save_tiny_sdxl(root / "tiny-sdxl"),
         "sd_checked": model_factory.save_tiny_sd(root / "tiny-sd-with-safety-checker", safety_checker=True),
         "controlnet": model_factory.save_tiny_controlnet(root / "tiny-controlnet"),
+        "sd_inpainting": model_factory.save_tiny_sd_inpainting(root / "tiny-sd-inpainting"),
     }
 
 

@@ -1,10 +1,13 @@
 """The CUDA-graph wrapper's bookkeeping, on the CPU; its capture and replay are checked on a GPU by bench/gpu.py
 (the image with graphs must equal the image without, bit for bit: BENCHMARKS.md)."""
 
+import io
 from collections import namedtuple
 
+import pytest
 import torch
 
+from serverless_sd import cuda_graphs, logs
 from serverless_sd.cuda_graphs import CudaGraphed, _flatten, _map
 
 
@@ -28,3 +31,71 @@ def test_first_sight_of_a_shape_runs_eagerly():
     graphed = CudaGraphed(lambda x, scale=1: calls.append(x.shape) or x * scale)
     assert torch.equal(graphed(torch.ones(3), scale=2), torch.full((3,), 2.0))
     assert calls == [torch.Size([3])] and not graphed.graphs
+
+
+class FakeGraph:
+    """Stands in for torch.cuda.CUDAGraph on the CPU: replay runs the forward on the static inputs."""
+
+    def __init__(self, forward, static_args):
+        self.forward, self.static_args, self.output, self.released = forward, static_args, None, False
+
+    def replay(self):
+        self.output.copy_(self.forward(*self.static_args))
+
+    def reset(self):
+        self.released = True
+
+
+class CpuGraphed(CudaGraphed):
+    """The wrapper's bookkeeping as it is, with the capture done by FakeGraph."""
+
+    def _capture(self, leaves, rebuild):
+        static_leaves = [t.clone() if isinstance(t, torch.Tensor) else t for t in leaves]
+        static_args, _ = rebuild(static_leaves)
+        graph = FakeGraph(self.forward, static_args)
+        graph.output = self.forward(*static_args)
+        return graph, [t for t in static_leaves if isinstance(t, torch.Tensor)], graph.output
+
+
+def unet(sample, timestep):
+    return sample * 2 + timestep.float()
+
+
+def test_one_graph_serves_integer_and_float_timesteps_with_the_same_numbers():
+    graphed = CpuGraphed(unet)
+    sample = torch.ones(1, 4, 8, 8)
+    for timestep in (torch.tensor(999), torch.tensor(999.0), torch.tensor(981), torch.tensor(979.5)):
+        assert torch.equal(graphed(sample, timestep), unet(sample, timestep))
+    assert len(graphed.graphs) == 1  # int64 (DDIM, PNDM) and float32 (Euler) timesteps: one slot
+
+
+@pytest.fixture
+def log(monkeypatch) -> io.StringIO:
+    stream = io.StringIO()
+    monkeypatch.setattr(logs, "_stream", stream)
+    return stream
+
+
+def test_past_the_limit_the_least_recently_used_graph_is_released_and_logged(log):
+    graphed = CpuGraphed(unet, max_graphs=2)
+    t = torch.tensor(1.0)
+    shapes = [torch.ones(1, 4, side, side) for side in (8, 16, 24)]
+    for sample in (shapes[0], shapes[0], shapes[1], shapes[1], shapes[0]):  # 8 and 16 captured, 8 used last
+        graphed(sample, t)
+    oldest = graphed.graphs[next(iter(graphed.graphs))][0]
+    graphed(shapes[2], t)
+    assert torch.equal(graphed(shapes[2], t), unet(shapes[2], t))  # 24 takes 16's place
+    assert [key[2][0] for key in graphed.graphs] == [(1, 4, 8, 8), (1, 4, 24, 24)] and oldest.released
+    assert '"event": "cuda_graph_evicted"' in log.getvalue()
+    assert cuda_graphs.status()["captured"] >= 2
+
+
+def test_a_failed_capture_runs_eagerly_from_then_on(log):
+    class Failing(CpuGraphed):
+        def _capture(self, leaves, rebuild):
+            raise RuntimeError("operation not permitted when stream is capturing")
+
+    graphed = Failing(unet)
+    sample, t = torch.ones(1, 4, 8, 8), torch.tensor(3)
+    assert all(torch.equal(graphed(sample, t), unet(sample, t)) for _ in range(3))
+    assert not graphed.graphs and '"event": "cuda_graph_skipped"' in log.getvalue()

@@ -1,13 +1,16 @@
 """Loading and generation choices: the default dtype gives what fp32 gives, up to its rounding."""
 
+import httpx
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from serverless_sd.pipelines import StableDiffusion, choose_device, choose_dtype
 from serverless_sd.settings import Settings
 
 from test_app import generate, pixels
+from test_modes import uri
 
 
 def test_dtype_choice():
@@ -38,3 +41,32 @@ def test_bf16_on_cpu_runs_channels_last_and_fp32_does_not(models, dtype, nhwc):
         assert conv.weight.is_contiguous(memory_format=torch.channels_last) is nhwc
     for module in (model.pipe.unet, model.pipe.vae, model.pipe.text_encoder, model.controlnet):
         assert {p.dtype for p in module.parameters()} == {getattr(torch, dtype)}
+
+
+def test_the_warm_up_keeps_within_the_operators_limits(models, monkeypatch):
+    """MAX_STEPS below the warm-up's 3 steps and a 1-character MAX_PROMPT_CHARS used to stop init (on a GPU)."""
+    warmed = []
+    generate_as_is = StableDiffusion.generate
+    monkeypatch.setattr(StableDiffusion, "generate", lambda self, inputs: warmed.append(inputs) or generate_as_is(
+        self, inputs))
+    StableDiffusion.load(Settings(model_id=str(models["sd"]), device="cpu", warm_up="on", max_steps=2,
+                                  max_prompt_chars=1))
+    assert [(i.num_inference_steps, i.mode) for i in warmed] == [(2, "txt2img")]
+    StableDiffusion.load(Settings(model_id=str(models["sd"]), device="cpu"))  # auto: no warm-up without CUDA
+    assert len(warmed) == 1
+
+
+def test_an_inpainting_checkpoint_inpaints_and_refuses_the_other_modes_by_name(start_app, models):
+    """Its UNet reads 9 channels: text-to-image used to crash it (the warm-up at init, on a GPU)."""
+    app = start_app({"MODEL_ID": str(models["sd_inpainting"]), "WARM_UP": "on"})
+    assert app.events("warm_up")
+    picture = uri(Image.effect_noise((64, 64), 50).convert("RGB"))
+    answer = generate(app, image=picture, mask_image=uri(Image.new("L", (64, 64), 255)), num_inference_steps=2)
+    assert answer["mode"] == "inpaint"
+    for inputs, field in (({}, "image"), ({"image": picture}, "mask_image")):
+        refused = app.post({"prompt": "a", "num_inference_steps": 2, **inputs})
+        assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == field
+        assert "inpainting model" in refused.json()["error"]
+    document = httpx.get(app.url + "/openapi.json").json()
+    schema = document["paths"]["/"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert {"prompt", "image", "mask_image"} <= set(schema["required"])
