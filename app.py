@@ -12,7 +12,8 @@ from serverless_sd.settings import Settings
 
 settings = Settings.from_env()
 app = Potassium("sd-serverless-template", settings,
-                document=lambda context: openapi.app_document(context["model"].limits))
+                document=lambda context: openapi.app_document(context["model"].limits),
+                warm_up=lambda context: context["model"].warm_up())
 
 
 @app.init

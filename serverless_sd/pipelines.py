@@ -13,7 +13,7 @@ from diffusers import (
 )
 from PIL import Image
 
-from . import images, logs, schedulers, seeds, weights
+from . import images, schedulers, seeds, weights
 from .cuda_graphs import CudaGraphed
 from .schema import Answer, GenerateInputs, Limits
 from .settings import Settings
@@ -63,6 +63,7 @@ class StableDiffusion:
         self.pipe = pipe
         self.controlnet = controlnet
         self.model_scheduler = pipe.scheduler  # never run: each request gets a fresh scheduler built from it
+        self.wants_warm_up = False
         # An inpainting checkpoint's UNet also reads the mask and the masked picture (9 channels, not 4): it can
         # only inpaint, and the others modes are refused with a 422 (Limits.inpainting_only).
         inpainting_only = pipe.unet.config.in_channels == 9
@@ -108,10 +109,7 @@ class StableDiffusion:
             model.compile()
         elif device.type == "cuda" and settings.cuda_graphs:
             pipe.unet.forward = CudaGraphed(pipe.unet.forward)
-        if settings.warm_up == "on" or (settings.warm_up == "auto" and device.type == "cuda"):
-            started = time.perf_counter()
-            model.warm_up()
-            logs.event("warm_up", ms=round((time.perf_counter() - started) * 1000, 1))
+        model.wants_warm_up = settings.warm_up == "on" or (settings.warm_up == "auto" and device.type == "cuda")
         return model
 
     def compile(self) -> None:
@@ -130,16 +128,20 @@ class StableDiffusion:
             if isinstance(module, torch.nn.Module):
                 module.to(dtype, memory_format=memory_format)
 
-    def warm_up(self) -> None:
-        """Run the native size once at init, so that the first caller does not pay for CUDA's and cuDNN's set-up,
-        the CUDA graph's capture (second call) or the compile: three steps (or MAX_STEPS, if fewer), in the mode the
-        model serves by default (an inpainting model's is inpainting)."""
+    def warm_up(self) -> bool:
+        """Run the native size once (WARM_UP; by default on CUDA only), so that the first caller does not pay for
+        CUDA's and cuDNN's set-up, the CUDA graph's capture (second call) or the compile: three steps (or MAX_STEPS,
+        if fewer), in the mode the model serves by default (an inpainting model's is inpainting). Called on the
+        thread that will serve the requests: cuBLAS and cuDNN handles, and CUDA graph trees, are per thread."""
+        if not self.wants_warm_up:
+            return False
         inputs = {"prompt": "a", "num_inference_steps": min(3, self.limits.max_steps), "seed": 0}
         if self.limits.inpainting_only:
             size = (self.limits.native_width, self.limits.native_height)
             inputs |= {"image": images.to_data_uri(Image.new("RGB", size), "png"),
                        "mask_image": images.to_data_uri(Image.new("L", size, 255), "png")}
         self.generate(GenerateInputs.model_validate(inputs, context={"limits": self.limits}))
+        return True
 
     def generate(self, inputs: GenerateInputs) -> Generation:
         width, height = inputs.size(self.limits)

@@ -141,15 +141,19 @@ class Potassium(potassium.Potassium):
 
     The one place in this project that touches Potassium's internals: its Flask app (`_flask_app`, hardened and
     given /openapi.json and /healthz), its init function (`_init_func`, run here first, alone, so that its
-    busy-waiting main thread cannot starve the loader), its worker's FDRedirect (replaced by LinePrefixer) and,
-    inside a RunPod Serverless worker, the handler of "/" (`_endpoints`, handed to the runpod SDK instead of
-    serving HTTP). `document(context)` builds the OpenAPI document once init() has loaded the model.
+    busy-waiting main thread cannot starve the loader), its server's start (`_init_server`, after which
+    `warm_up(context)` runs on its `_worker_pool`, the thread that serves the requests), its worker's FDRedirect
+    (replaced by LinePrefixer) and, inside a RunPod Serverless worker, the handler of "/" (`_endpoints`, handed to
+    the runpod SDK instead of serving HTTP). `document(context)` builds the OpenAPI document once init() has loaded
+    the model.
     """
 
-    def __init__(self, name: str, settings: Settings, document: Callable[[dict], dict]):
+    def __init__(self, name: str, settings: Settings, document: Callable[[dict], dict],
+                 warm_up: Callable[[dict], bool] = lambda context: False):
         super().__init__(name)
         self.settings = settings
         self.document = document
+        self.warm_up = warm_up
         _harden(self._flask_app, settings)
 
     def serve(self) -> None:
@@ -165,14 +169,28 @@ class Potassium(potassium.Potassium):
             raise SystemExit(f"app.py: {error}") from None
         logs.event("ready", model_id=settings.model_id, init_s=round(time.perf_counter() - started, 2))
         if runpod_worker.wanted():
-            runpod_worker.start(self._endpoints["/"].func, context)
+            runpod_worker.start(self._endpoints["/"].func, self._warmed(context))  # its jobs run on this thread
             return
         self._init_func = lambda: context  # Potassium's own init now returns at once: no busy-wait worth the name
+        self._context = context
         document = self.document(context)
         self._flask_app.add_url_rule("/openapi.json", "openapi", lambda: _json_response(200, document),
                                      methods=["GET"])
         self._flask_app.add_url_rule("/healthz", "healthz", lambda: _healthz(settings), methods=["GET"])
         super().serve(host=settings.host, port=settings.port)
+
+    def _init_server(self) -> None:
+        super()._init_server()
+        # Its worker pool is one thread, the one that serves every request: warm up there, the main thread waiting
+        # on the result (not spinning, as Potassium's own start-up loop does, which slowed a warm-up 100-fold).
+        self._worker_pool.apply(self._warmed, (self._context,))
+
+    def _warmed(self, context: dict) -> dict:
+        started = time.perf_counter()
+        if self.warm_up(context):
+            logs.event("warm_up", ms=round((time.perf_counter() - started) * 1000, 1),
+                       thread=threading.current_thread().name)
+        return context
 
 
 def _healthz(settings: Settings) -> FlaskResponse:

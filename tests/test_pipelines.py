@@ -49,17 +49,18 @@ def test_the_warm_up_keeps_within_the_operators_limits(models, monkeypatch):
     generate_as_is = StableDiffusion.generate
     monkeypatch.setattr(StableDiffusion, "generate", lambda self, inputs: warmed.append(inputs) or generate_as_is(
         self, inputs))
-    StableDiffusion.load(Settings(model_id=str(models["sd"]), device="cpu", warm_up="on", max_steps=2,
-                                  max_prompt_chars=1))
-    assert [(i.num_inference_steps, i.mode) for i in warmed] == [(2, "txt2img")]
-    StableDiffusion.load(Settings(model_id=str(models["sd"]), device="cpu"))  # auto: no warm-up without CUDA
+    model = StableDiffusion.load(Settings(model_id=str(models["sd"]), device="cpu", warm_up="on", max_steps=2,
+                                          max_prompt_chars=1))
+    assert model.warm_up() and [(i.num_inference_steps, i.mode) for i in warmed] == [(2, "txt2img")]
+    assert not StableDiffusion.load(Settings(model_id=str(models["sd"]), device="cpu")).warm_up()  # auto: CUDA only
     assert len(warmed) == 1
 
 
 def test_an_inpainting_checkpoint_inpaints_and_refuses_the_other_modes_by_name(start_app, models):
     """Its UNet reads 9 channels: text-to-image used to crash it (the warm-up at init, on a GPU)."""
     app = start_app({"MODEL_ID": str(models["sd_inpainting"]), "WARM_UP": "on"})
-    assert app.events("warm_up")
+    [warm_up] = app.events("warm_up")
+    assert warm_up["thread"] != "MainThread"  # Potassium's worker thread, where the requests run
     picture = uri(Image.effect_noise((64, 64), 50).convert("RGB"))
     answer = generate(app, image=picture, mask_image=uri(Image.new("L", (64, 64), 255)), num_inference_steps=2)
     assert answer["mode"] == "inpaint"
