@@ -164,8 +164,8 @@ def router(generations: Generations, authorized, model_name: str) -> APIRouter:
         if sampler := body.sampler_name or body.sampler_index:
             scheduler = (body.scheduler or "").strip()
             inputs["scheduler"] = sampler if scheduler.lower() in ("", "automatic") else f"{sampler} {scheduler}"
-        outcome = await generations.run(inputs, key, request.is_disconnected)
-        answer, seeds = outcome.answer, outcome.answer["seeds"]
+        answer = await generations.run(inputs, key, request.is_disconnected)
+        seeds = answer["seeds"]
         info = {"prompt": body.prompt, "all_prompts": [body.prompt] * len(seeds),
                 "negative_prompt": body.negative_prompt, "all_negative_prompts": [body.negative_prompt] * len(seeds),
                 "seed": seeds[0], "all_seeds": seeds, "subseed": -1, "all_subseeds": [-1] * len(seeds),

@@ -4,7 +4,6 @@ from the queue. Their jobs are Banana's kind: durable, retried, bounded, counted
 import json
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import NamedTuple
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -24,20 +23,15 @@ class Refused(Exception):
         self.status, self.message, self.field = status, message, field
 
 
-class Outcome(NamedTuple):
-    job: Job
-    answer: dict  # the app's answer (POST /'s body)
-
-
 class Generations:
     def __init__(self, dispatcher: Dispatcher, model_key: str, wait_s: float):
         self.dispatcher, self.model_key, self.wait_s = dispatcher, model_key, wait_s
         self.latest: OrderedDict[str, str] = OrderedDict()  # owner -> the callID of its latest job, most recent last
 
-    async def run(self, inputs: dict, api_key: str, gone: Callable[[], Awaitable[bool]]) -> Outcome:
-        """Queue modelInputs and wait for the end (a queued job waits its queue time limit at most, then runs its
-        own). Raises Refused: 400 for inputs the app refused (naming the field), 429 when the queue is full, 503
-        when the store is down, 500 when the job failed otherwise, 504 past the wait."""
+    async def run(self, inputs: dict, api_key: str, gone: Callable[[], Awaitable[bool]]) -> dict:
+        """Queue modelInputs, wait for the end and return the app's answer (a queued job waits its queue time
+        limit at most, then runs its own). Raises Refused: 400 for inputs the app refused (naming the field), 429
+        when the queue is full, 503 when the store is down, 500 when the job failed otherwise, 504 past the wait."""
         owner = owner_of(api_key)
         try:
             job = await self.dispatcher.submit(Job(model_key=self.model_key, owner=owner), json.dumps(inputs))
@@ -51,7 +45,7 @@ class Generations:
         except (RedisConnectionError, RedisTimeoutError):
             raise Refused(503, "the job store is unavailable, try again shortly") from None
         if job.state == SUCCEEDED:
-            return Outcome(job, result)
+            return result
         if refusal and refusal.get("errors"):  # the app's 422: the caller's inputs
             first = refusal["errors"][0]
             raise Refused(400, refusal["error"], first["field"])

@@ -127,11 +127,10 @@ def router(generations: Generations, authorized, model_name: str) -> APIRouter:
 
     async def generate(request: Request, inputs: dict, key: str) -> ImagesResponse:
         try:
-            outcome = await generations.run(inputs, key, request.is_disconnected)
+            answer = await generations.run(inputs, key, request.is_disconnected)
         except Refused as refused:
             refused.field = PARAMS.get(refused.field, refused.field)
             raise
-        answer = outcome.answer
         return ImagesResponse(created=int(time.time()), output_format=answer["output_format"],
                               size=f"{answer['width']}x{answer['height']}",
                               data=[ImageData(b64_json=uri.partition(",")[2]) for uri in answer["images"]])
