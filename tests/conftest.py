@@ -76,6 +76,12 @@ def sd_app(start_app, models) -> AppProcess:
 
 
 @pytest.fixture(scope="session")
+def sd_replicas(start_app, models, sd_app) -> list[AppProcess]:
+    """Two replicas of the tiny model, for the gateway's OpenAI and A1111 API tests."""
+    return [sd_app, start_app({"MODEL_ID": str(models["sd"])})]
+
+
+@pytest.fixture(scope="session")
 def controlnet_app(start_app, models) -> AppProcess:
     return start_app({"MODEL_ID": str(models["sd"]), "CONTROLNET_ID": str(models["controlnet"])})
 

@@ -187,8 +187,8 @@ def test_the_health_check_fails_when_the_replica_cannot_answer():
     assert result.returncode == 1 and "cannot reach" in result.stderr
 
 
-def test_the_drain_hook_returns_only_once_the_running_job_has_ended_and_the_replica_stayed_idle(start_app, models):
-    app = start_app({"MODEL_ID": str(models["sd"])})
+def test_the_drain_hook_returns_only_once_the_running_job_has_ended_and_the_replica_stayed_idle(sd_app):
+    app = sd_app
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         running = pool.submit(app.post, {**GOOD, "num_inference_steps": 60})
         while httpx.get(app.url + "/__status__").json()["gpu_available"]:
@@ -199,8 +199,8 @@ def test_the_drain_hook_returns_only_once_the_running_job_has_ended_and_the_repl
         assert running.done() and running.result().status_code == 200
     ended = app.events()[-1]["ts"]
     assert drained - ended >= 1.5
-    app.stop()
-    assert subprocess.run([sys.executable, "-m", "serverless_sd.health", "--drain", app.url], cwd=ROOT,
+    gone = f"http://127.0.0.1:{free_port()}"
+    assert subprocess.run([sys.executable, "-m", "serverless_sd.health", "--drain", gone], cwd=ROOT,
                           timeout=30).returncode == 0  # a replica already gone: nothing to wait for
 
 

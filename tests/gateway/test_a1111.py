@@ -17,9 +17,8 @@ FAST = {"prompt": "a lighthouse", "width": 64, "height": 64, "steps": 2}
 
 
 @pytest.fixture(scope="module")
-def gateway(start_gateway, start_app, models):
-    apps = [start_app({"MODEL_ID": str(models["sd"])}) for _ in range(2)]
-    return start_gateway([a.url for a in apps], "--api-key", TEST_KEY, "--model-name", "tiny-sd")
+def gateway(start_gateway, sd_replicas):
+    return start_gateway([a.url for a in sd_replicas], "--api-key", TEST_KEY, "--model-name", "tiny-sd")
 
 
 @pytest.fixture(scope="module")

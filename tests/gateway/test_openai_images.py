@@ -15,9 +15,8 @@ MODEL = "stable-diffusion"
 
 
 @pytest.fixture(scope="module")
-def gateway(start_gateway, start_app, models):
-    apps = [start_app({"MODEL_ID": str(models["sd"])}) for _ in range(2)]
-    return start_gateway([a.url for a in apps], "--api-key", TEST_KEY)
+def gateway(start_gateway, sd_replicas):
+    return start_gateway([a.url for a in sd_replicas], "--api-key", TEST_KEY)
 
 
 @pytest.fixture(scope="module")
