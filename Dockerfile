@@ -19,7 +19,9 @@ RUN pip install -r requirements.txt
 ARG MODEL_ID=prompthero/openjourney-v4
 ARG CONTROLNET_ID=
 ARG SAFETY_CHECKER=on
-ENV MODEL_ID=${MODEL_ID} CONTROLNET_ID=${CONTROLNET_ID} SAFETY_CHECKER=${SAFETY_CHECKER}
+# DROP_T5=1: an SD 3 model without its T5 encoder (docs/operations.md), neither downloaded nor loaded.
+ARG DROP_T5=0
+ENV MODEL_ID=${MODEL_ID} CONTROLNET_ID=${CONTROLNET_ID} SAFETY_CHECKER=${SAFETY_CHECKER} DROP_T5=${DROP_T5}
 COPY download.py ./
 COPY serverless_sd/__init__.py serverless_sd/settings.py serverless_sd/weights.py serverless_sd/
 # A gated or private model: docker build --secret id=HF_TOKEN,env=HF_TOKEN ...  (a secret, not a build arg:

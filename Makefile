@@ -11,7 +11,7 @@ SDKS := 4.0.0 6.3.0
 APP_PORT ?= 8000
 GATEWAY_PORT ?= 8080
 
-.PHONY: setup lint test fuzz loadtest soak serve demo download bench coldstart clean
+.PHONY: setup lint test fuzz loadtest soak serve demo download bench bench-families coldstart clean
 
 setup: $(STAMP)
 
@@ -68,6 +68,10 @@ demo: setup
 bench: setup
 	$(PY) -m bench.cpu
 	$(PY) bench/plot.py
+
+# Model families: weights of each reference checkpoint, SD 3 and FLUX.1 on this CPU (bench/results/families.json).
+bench-families: setup
+	$(PY) -m bench.families
 
 # Zero to first image: no replica, a job, a scaler on GET /scale starts one (bench/results/cold_start.json).
 coldstart: setup

@@ -12,7 +12,8 @@ if __name__ == "__main__":
     settings = Settings.from_env()
     token = settings.hf_token.get_secret_value() if settings.hf_token else None
     try:
-        folder = download(settings.model_id, settings.models_dir, token, safety_checker=settings.safety_checker)
+        folder = download(settings.model_id, settings.models_dir, token, safety_checker=settings.safety_checker,
+                          drop_t5=settings.drop_t5)
         print(f"download.py: {settings.model_id} is ready in {folder}")
         if settings.controlnet_id:
             folder = download(settings.controlnet_id, settings.models_dir, token, controlnet=True)

@@ -1,4 +1,5 @@
-"""The GPU benchmark, in one device call: plain diffusers fp32 and fp16 against this app's default and COMPILE=1.
+"""The GPU benchmark, in one device call: plain diffusers fp32 and fp16 against this app's default and COMPILE=1;
+then SD 3's and FLUX.1's transformers under CUDA graphs against eager (tiny models: the path, not the speed).
 
 SD-1.5-sized model with random weights, 512x512, 50 steps, one image. Run through bench/gpu.sh (which carries the
 wheels the GPU machine lacks). Each figure is printed and written to OUT/gpu.json as soon as it is measured.
@@ -60,6 +61,24 @@ def main() -> None:
         record("cuda_graphs_same_image", results["app_default"]["image_sha256"]
                == results["app_without_cuda_graphs"].get("image_sha256"))
     safely("app_compile", lambda: measure_app(model, COMPILE="1"))
+    for family in ("sd3", "flux"):  # the transformer's CUDA graphs: the same image as eager, bit for bit
+        safely(f"{family}_cuda_graphs_same_image", lambda family=family: family_graphs(family, args.model.parent))
+
+
+def family_graphs(family: str, root: Path) -> dict:
+    from testkit import model_factory
+
+    folder = getattr(model_factory, f"save_tiny_{family}")(root / f"tiny-{family}")
+    hashes = {}
+    for graphs in ("1", "0"):
+        app = App(folder, timeout=300, CUDA_GRAPHS=graphs)
+        try:
+            for _ in range(3):  # the graph is captured on the second call, replayed from the third
+                _, answer = app.generate(width=256, height=256, num_inference_steps=4, seed=5)
+        finally:
+            app.stop()
+        hashes[graphs] = hashlib.sha256(answer["image_base64"].encode()).hexdigest()
+    return {"same": hashes["1"] == hashes["0"], "family": answer["family"]}
 
 
 def summarize(plain: dict) -> dict:

@@ -50,9 +50,10 @@ def decode(value: str, max_bytes: int, max_pixels: int) -> Image.Image:
     return ImageOps.exif_transpose(image)
 
 
-def fit(size: tuple[int, int], budget: int, max_side: int) -> tuple[int, int]:
+def fit(size: tuple[int, int], budget: int, max_side: int, multiple: int = 8) -> tuple[int, int]:
     """An input image's size made usable: scaled down (keeping its shape) to fit the pixel budget and the largest
-    side, then each side rounded down to a multiple of 8, and at least 64."""
+    side, then each side rounded down to a multiple of `multiple` (the model's: 8, or 16 for SD 3 and FLUX.1),
+    and at least 64."""
     width, height = size
     scale = min(1.0, (budget / (width * height)) ** 0.5, max_side / max(width, height))
-    return tuple(max(64, int(side * scale) // 8 * 8) for side in (width, height))
+    return tuple(max(64, int(side * scale) // multiple * multiple) for side in (width, height))

@@ -8,10 +8,12 @@ pixel budget (implied by the per-side maximum where MAX_SIDE squared fits MAX_PI
 
 from pydantic import BaseModel
 
-from .schema import DEFAULT_STEPS, Answer, ErrorBody, FieldError, GenerateInputs, Limits, aliases
+from . import schedulers
+from .schema import Answer, ErrorBody, FieldError, GenerateInputs, Limits, aliases, default_values
 
 IMAGES = ("image", "mask_image", "control_image")
 CONTROLNET_FIELDS = ("control_image", "controlnet_conditioning_scale")
+NEGATIVE = ("negative_prompt", "negative")  # FLUX.1 takes none
 
 
 def _schema(model: type[BaseModel]) -> dict:
@@ -25,8 +27,13 @@ def app_document(limits: Limits) -> dict:
     inputs = _schema(GenerateInputs)
     fields = inputs["properties"]
     for side in ("width", "height"):
-        fields[side]["anyOf"][0].update(minimum=64, maximum=limits.max_side, multipleOf=8)
-    fields["num_inference_steps"].update(maximum=limits.max_steps, default=min(DEFAULT_STEPS, limits.max_steps))
+        fields[side]["anyOf"][0].update(minimum=64, maximum=limits.max_side, multipleOf=limits.size_multiple)
+    for name, default in default_values(limits).items():
+        fields[name]["default"] = default
+    fields["num_inference_steps"]["maximum"] = limits.max_steps
+    if not limits.guidance:
+        fields["guidance_scale"]["maximum"] = 1
+    fields["scheduler"]["anyOf"][0]["enum"] = schedulers.names(limits.flow_matching)
     fields["num_images"]["maximum"] = limits.max_images
     fields["prompt"]["maxLength"] = limits.max_prompt_chars
     fields["negative_prompt"]["anyOf"][0]["maxLength"] = limits.max_prompt_chars
@@ -35,9 +42,9 @@ def app_document(limits: Limits) -> dict:
     for name in IMAGES:
         fields[name]["anyOf"][0]["format"] = "image"
     inputs["allOf"] = _fields_that_go_together(limits.controlnet)
-    if not limits.controlnet:  # this deployment refuses them: its document does not offer them
-        for name in CONTROLNET_FIELDS:
-            del fields[name]
+    refused = [*(() if limits.controlnet else CONTROLNET_FIELDS), *(() if limits.negative_prompt else NEGATIVE)]
+    for name in refused:  # this deployment refuses them: its document does not offer them
+        del fields[name]
     if limits.inpainting_only:
         inputs["required"] = [*inputs["required"], "image", "mask_image"]
         for name in ("image", "mask_image"):

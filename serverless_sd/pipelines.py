@@ -1,20 +1,23 @@
 """The Stable Diffusion pipeline: loaded once, then one generation per request, one generator per image."""
 
+import inspect
+import json
 import time
 from dataclasses import dataclass
 
+import diffusers
 import torch
 from diffusers import (
     AutoPipelineForImage2Image,
     AutoPipelineForInpainting,
     AutoPipelineForText2Image,
-    ControlNetModel,
     DiffusionPipeline,
 )
 from PIL import Image
 
-from . import images, schedulers, seeds, weights
+from . import families, images, logs, schedulers, seeds, weights
 from .cuda_graphs import CudaGraphed
+from .families import Family, FamilyError
 from .schema import Answer, GenerateInputs, Limits
 from .settings import Settings
 
@@ -25,11 +28,11 @@ def choose_device(setting: str) -> torch.device:
     return torch.device("cuda" if setting != "cpu" and torch.cuda.is_available() else "cpu")
 
 
-def choose_dtype(setting: str, device: torch.device) -> torch.dtype:
+def choose_dtype(setting: str, device: torch.device, family: Family) -> torch.dtype:
     if setting != "auto":
         return getattr(torch, setting)
     if device.type == "cuda":
-        return torch.float16
+        return torch.bfloat16 if family.bf16 else torch.float16
     # bf16 halves memory traffic and runs on AVX-512-BF16/AMX units; without them it is slower than fp32.
     return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
 
@@ -37,6 +40,7 @@ def choose_dtype(setting: str, device: torch.device) -> torch.dtype:
 @dataclass
 class Generation:
     inputs: GenerateInputs
+    family: str
     images: list[Image.Image]
     seeds: list[int]
     nsfw: list[bool]
@@ -48,25 +52,31 @@ class Generation:
         width, height = self.images[0].size
         return Answer(
             image_base64=uris[0], images=uris, seed=self.seeds[0], seeds=self.seeds, nsfw=self.nsfw,
-            mode=self.inputs.mode, width=width, height=height, num_inference_steps=self.inputs.num_inference_steps,
-            guidance_scale=self.inputs.guidance_scale, output_format=self.inputs.output_format,
+            mode=self.inputs.mode, family=self.family, width=width, height=height,
+            num_inference_steps=self.inputs.num_inference_steps, guidance_scale=self.inputs.guidance_scale,
+            output_format=self.inputs.output_format,
             timings={"inference_ms": round(self.inference_ms, 1),
                      "encode_ms": round((time.perf_counter() - started) * 1000, 1)},
         ).model_dump()
 
 
 class StableDiffusion:
-    """One loaded model (SD 1.x, 2.x or SDXL: AutoPipeline picks the class from model_index.json), and a pipeline
-    per mode sharing its weights (diffusers' from_pipe): txt2img, img2img, inpaint, and controlnet when loaded."""
+    """One loaded model (SD 1.x/2.x, SDXL, SD 3 or FLUX.1: AutoPipeline picks the class from model_index.json), and
+    a pipeline per mode sharing its weights (diffusers' from_pipe): txt2img, img2img, inpaint, and controlnet when
+    loaded. What differs between the families is read from families.Family."""
 
-    def __init__(self, pipe: DiffusionPipeline, settings: Settings, controlnet: ControlNetModel | None = None):
+    def __init__(self, pipe: DiffusionPipeline, settings: Settings, family: Family, controlnet=None):
         self.pipe = pipe
+        self.family = family
         self.controlnet = controlnet
         self.model_scheduler = pipe.scheduler  # never run: each request gets a fresh scheduler built from it
         self.wants_warm_up = False
+        self.offload_device: torch.device | None = None  # CPU_OFFLOAD: the device each model moves to while it runs
+        self.offloaded_mode: str | None = None
+        denoiser = family.denoiser_of(pipe)
         # An inpainting checkpoint's UNet also reads the mask and the masked picture (9 channels, not 4): it can
         # only inpaint, and the others modes are refused with a 422 (Limits.inpainting_only).
-        inpainting_only = pipe.unet.config.in_channels == 9
+        inpainting_only = family.denoiser == "unet" and denoiser.config.in_channels == 9
         self.modes = {"inpaint": AutoPipelineForInpainting.from_pipe(pipe)}
         if not inpainting_only:
             self.modes |= {"txt2img": pipe, "img2img": AutoPipelineForImage2Image.from_pipe(pipe)}
@@ -74,16 +84,39 @@ class StableDiffusion:
             self.modes["controlnet"] = AutoPipelineForText2Image.from_pipe(pipe, controlnet=controlnet)
         for mode in self.modes.values():
             mode.set_progress_bar_config(disable=True)
-        native = pipe.unet.config.sample_size * pipe.vae_scale_factor
-        self.limits = Limits.from_settings(settings, native_width=native, native_height=native,
-                                           controlnet="controlnet" in self.modes, inpainting_only=inpainting_only)
+        # Which inputs each mode's pipeline takes (SDXL's img2img takes no size; SD 3's ControlNet: control_image).
+        self.takes = {name: set(inspect.signature(mode.__call__).parameters) for name, mode in self.modes.items()}
+        native = (getattr(pipe, "default_sample_size", None) or denoiser.config.sample_size) * pipe.vae_scale_factor
+        model_defaults = families.defaults(family, settings.model_id, denoiser.config, settings.default_steps,
+                                           settings.default_guidance_scale)
+        self.limits = Limits.from_settings(
+            settings, native_width=native, native_height=native, controlnet="controlnet" in self.modes,
+            inpainting_only=inpainting_only, family=family.name, default_steps=model_defaults.steps,
+            default_guidance_scale=model_defaults.guidance_scale, guidance=model_defaults.guidance,
+            size_multiple=size_multiple(family, pipe))
 
     @classmethod
     def load(cls, settings: Settings) -> "StableDiffusion":
-        folder = weights.locate(settings.model_id, settings.models_dir, safety_checker=settings.safety_checker)
+        folder = weights.locate(settings.model_id, settings.models_dir, safety_checker=settings.safety_checker,
+                                drop_t5=settings.drop_t5)
+        family = families.of(folder)
         device = choose_device(settings.device)
-        dtype = choose_dtype(settings.dtype, device)
-        no_checker = {} if settings.safety_checker else {"safety_checker": None, "requires_safety_checker": False}
+        dtype = choose_dtype(settings.dtype, device, family)
+        declared = families.components(folder)
+        left_out = {}
+        if "safety_checker" in declared and not settings.safety_checker:
+            left_out |= {"safety_checker": None, "requires_safety_checker": False}
+        if settings.drop_t5:
+            if "text_encoder_3" not in declared:
+                raise FamilyError(f"DROP_T5=1 applies to SD 3 models; this one is {family.title}, which needs its "
+                                  "text encoders")
+            left_out |= {"text_encoder_3": None, "tokenizer_3": None}
+        if settings.controlnet_id:  # checked before anything loads: a wrong kind is a message, not a minute's wait
+            controlnet_folder = weights.locate(settings.controlnet_id, settings.models_dir, controlnet=True)
+            kind = json.loads((controlnet_folder / "config.json").read_text()).get("_class_name")
+            if kind != family.controlnet:
+                raise FamilyError(f"CONTROLNET_ID {settings.controlnet_id!r} is a {kind}: a {family.title} model "
+                                  f"takes a {family.controlnet}")
         # bf16 on a CPU runs its convolutions faster in channels_last (oneDNN); fp32 on a CPU and eager CUDA run
         # slower (BENCHMARKS.md). To get there with one copy of each weight, not two, the weights load as they are
         # stored (memory-mapped) and are converted once, to bf16 and channels_last together.
@@ -92,34 +125,43 @@ class StableDiffusion:
         pipe = AutoPipelineForText2Image.from_pretrained(
             folder, dtype={"default": dtype, **stored(folder)}, variant=weights.local_variant(folder),
             local_files_only=True, use_safetensors=True,
-            device_map=device.type,  # weights go straight to the GPU, no CPU copy first
-            **no_checker,
+            # weights go straight to the GPU, no CPU copy first; with CPU_OFFLOAD they stay in CPU memory
+            device_map="cpu" if settings.cpu_offload else device.type,
+            **left_out,
         )
         controlnet = None
         if settings.controlnet_id:
-            controlnet_folder = weights.locate(settings.controlnet_id, settings.models_dir, controlnet=True)
-            controlnet = ControlNetModel.from_pretrained(
+            controlnet = getattr(diffusers, family.controlnet).from_pretrained(
                 controlnet_folder, dtype=stored(controlnet_folder).get("", dtype),
                 variant=weights.local_variant(controlnet_folder), local_files_only=True, use_safetensors=True,
-                device_map=device.type)
-        model = cls(pipe, settings, controlnet)
+                device_map="cpu" if settings.cpu_offload else device.type)
+        model = cls(pipe, settings, family, controlnet)
         if nhwc:
             model.to(dtype, torch.channels_last)
-        if settings.compile:
+        if settings.cpu_offload:
+            # Hooks move each model to the device as it runs, so a weight's address changes between calls: nothing
+            # can be captured or compiled around it.
+            model.offload_device = device
+            logs.event("cpu_offload", compile=False, cuda_graphs=False)
+        elif settings.compile:
             model.compile()
         elif device.type == "cuda" and settings.cuda_graphs:
-            pipe.unet.forward = CudaGraphed(pipe.unet.forward)
+            denoiser = family.denoiser_of(pipe)
+            denoiser.forward = CudaGraphed(denoiser.forward)
         model.wants_warm_up = settings.warm_up == "on" or (settings.warm_up == "auto" and device.type == "cuda")
         return model
 
     def compile(self) -> None:
-        """COMPILE=1: torch.compile the UNet and the VAE decoder, with CUDA graphs. The first call at each new
-        size or batch compiles again (a minute or more); the warm-up at init compiles the native size, batch 1."""
-        self.pipe.unet.fuse_qkv_projections()
+        """COMPILE=1: torch.compile the denoiser (UNet or transformer) and the VAE decoder, with CUDA graphs. The
+        first call at each new size or batch compiles again (a minute or more); the warm-up at init compiles the
+        native size, batch 1."""
+        denoiser = self.family.denoiser_of(self.pipe)
+        if hasattr(denoiser, "fuse_qkv_projections"):
+            denoiser.fuse_qkv_projections()
         self.to(self.pipe.dtype, torch.channels_last)
-        unet = torch.compile(self.pipe.unet, mode="reduce-overhead", fullgraph=True)
-        for mode in self.modes.values():  # each mode's pipeline holds the UNet itself: give them all the compiled one
-            mode.unet = unet
+        compiled = torch.compile(denoiser, mode="reduce-overhead", fullgraph=True)
+        for mode in self.modes.values():  # each mode's pipeline holds the denoiser itself: give them the compiled one
+            setattr(mode, self.family.denoiser, compiled)
         self.pipe.vae.decode = torch.compile(self.pipe.vae.decode, mode="reduce-overhead", fullgraph=True)
 
     def to(self, dtype: torch.dtype, memory_format: torch.memory_format) -> None:
@@ -131,8 +173,9 @@ class StableDiffusion:
     def warm_up(self) -> bool:
         """Run the native size once (WARM_UP; by default on CUDA only), so that the first caller does not pay for
         CUDA's and cuDNN's set-up, the CUDA graph's capture (second call) or the compile: three steps (or MAX_STEPS,
-        if fewer), in the mode the model serves by default (an inpainting model's is inpainting). Called on the
-        thread that will serve the requests: cuBLAS and cuDNN handles, and CUDA graph trees, are per thread."""
+        if fewer), in the mode the model serves by default (an inpainting model's is inpainting), with the model's
+        default guidance. Called on the thread that will serve the requests: cuBLAS and cuDNN handles, and CUDA
+        graph trees, are per thread."""
         if not self.wants_warm_up:
             return False
         inputs = {"prompt": "a", "num_inference_steps": min(3, self.limits.max_steps), "seed": 0}
@@ -147,25 +190,46 @@ class StableDiffusion:
         width, height = inputs.size(self.limits)
         image_seeds = inputs.seeds()
         pipe = self.modes[inputs.mode]
-        pipe.scheduler = schedulers.build(inputs.scheduler, self.model_scheduler)
-        # img2img pipelines take their size from the image, so every input image is resized to the output's size.
-        options = {} if inputs.mode == "img2img" else {"width": width, "height": height}
+        takes = self.takes[inputs.mode]
+        pipe.scheduler = schedulers.build(inputs.scheduler, self.model_scheduler, self.family.flow_matching)
+        # Pipelines that take no size (SD's and SDXL's img2img) take it from the image: every input image is resized
+        # to the output's size.
+        options = {"width": width, "height": height} if "width" in takes else {}
         if inputs.image is not None:
             options.update(image=inputs.image.convert("RGB").resize((width, height), Image.LANCZOS),
                            strength=inputs.strength)
         if inputs.mask_image is not None:
             options["mask_image"] = inputs.mask_image.convert("L").resize((width, height), Image.BILINEAR)
         if inputs.control_image is not None:
-            options.update(image=inputs.control_image.convert("RGB").resize((width, height), Image.LANCZOS),
-                           controlnet_conditioning_scale=inputs.controlnet_conditioning_scale)
+            control = inputs.control_image.convert("RGB").resize((width, height), Image.LANCZOS)
+            options.update({"control_image" if "control_image" in takes else "image": control,
+                            "controlnet_conditioning_scale": inputs.controlnet_conditioning_scale})
+        if inputs.negative_prompt:  # FLUX.1 takes none (schema refuses one)
+            options["negative_prompt"] = inputs.negative_prompt
+        if self.offload_device is not None and self.offloaded_mode != inputs.mode:
+            # The hooks chain this mode's models in its order (a ControlNet joins it), so each mode sets its own.
+            pipe.enable_model_cpu_offload(device=self.offload_device)
+            self.offloaded_mode = inputs.mode
         generators = [seeds.generator(seed) for seed in image_seeds]
         started = time.perf_counter()
-        with torch.inference_mode():
+        # Some pipelines also draw from the global generator (SD 3's ControlNet samples the control image's latents
+        # without the request's generator): seeded from the request's seed, such images reproduce too.
+        device = pipe._execution_device  # where the models run, offloaded or not
+        with torch.random.fork_rng([device] if device.type == "cuda" else [], device_type=device.type), \
+                torch.inference_mode():
+            torch.manual_seed(image_seeds[0])
             result = pipe(
-                prompt=inputs.prompt, negative_prompt=inputs.negative_prompt,
-                num_inference_steps=inputs.schedule_steps(), guidance_scale=inputs.guidance_scale,
+                prompt=inputs.prompt, num_inference_steps=inputs.schedule_steps(), guidance_scale=inputs.guidance_scale,
                 num_images_per_prompt=inputs.num_images, generator=generators, **options,
             )
         # The safety checker, where the model has one, blanks each flagged image and flags it; the rest stand.
         nsfw = [bool(flag) for flag in (getattr(result, "nsfw_content_detected", None) or [False] * len(image_seeds))]
-        return Generation(inputs, result.images, image_seeds, nsfw, (time.perf_counter() - started) * 1000)
+        return Generation(inputs, self.family.name, result.images, image_seeds, nsfw,
+                          (time.perf_counter() - started) * 1000)
+
+
+def size_multiple(family: Family, pipe: DiffusionPipeline) -> int:
+    """What each side must be a multiple of: whole latent patches, the VAE's scale factor times SD 3's patch size or
+    FLUX.1's 2x2 packing (16 for both); at least 8."""
+    patch = {"sd3": getattr(pipe, "patch_size", 1), "flux": 2}.get(family.name, 1)
+    return max(8, pipe.vae_scale_factor * patch)

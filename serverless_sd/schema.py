@@ -19,10 +19,9 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from . import images, schedulers
+from . import families, images, schedulers
 
 SEED_LIMIT = 2**64
-DEFAULT_STEPS = 25
 MIN_STRENGTH = 0.01  # one step at this strength takes a 100-step schedule; schedulers stop at 1000
 OPERATOR_LIMITS = {"num_inference_steps": "max_steps", "num_images": "max_images"}  # field -> Limits attribute
 
@@ -42,6 +41,23 @@ class Limits:
     max_image_bytes: int
     controlnet: bool = False
     inpainting_only: bool = False  # an inpainting checkpoint: its UNet needs image and mask_image
+    family: str = "sd"  # families.Family.name: what the model can take follows
+    default_steps: int = 25
+    default_guidance_scale: float = 7.0
+    guidance: bool = True  # False: a guidance-distilled model (FLUX.1-schnell, the turbos) takes guidance_scale <= 1
+    size_multiple: int = 8  # each side a multiple of it: 16 for SD 3 and FLUX.1 (whole latent patches)
+
+    @property
+    def flow_matching(self) -> bool:
+        return self.model_family.flow_matching
+
+    @property
+    def negative_prompt(self) -> bool:
+        return self.model_family.negative_prompt
+
+    @property
+    def model_family(self) -> families.Family:
+        return families.named(self.family)
 
     @classmethod
     def from_settings(cls, settings: Any, **model: Any) -> "Limits":
@@ -82,7 +98,8 @@ class GenerateInputs(BaseModel):
     negative_prompt: str | None = Field(None, validation_alias=AliasChoices("negative_prompt", "negative"))
     width: int | None = None
     height: int | None = None
-    num_inference_steps: int = Field(DEFAULT_STEPS, ge=1)
+    # Both always given by _model_defaults: the model's own defaults, which the app's OpenAPI document states.
+    num_inference_steps: int = Field(25, ge=1)
     guidance_scale: float = Field(7.0, ge=0, le=30, allow_inf_nan=False)
     seed: int | None = Field(None, ge=0, lt=SEED_LIMIT)
     num_images: int = Field(1, ge=1, validation_alias=AliasChoices("num_images", "num_images_per_prompt"))
@@ -98,10 +115,10 @@ class GenerateInputs(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _default_steps(cls, data: Any, info: ValidationInfo) -> Any:
-        # A default is not validated: without this, leaving the field out would run 25 steps past a lower MAX_STEPS.
-        if isinstance(data, dict) and "num_inference_steps" not in data:
-            return {**data, "num_inference_steps": min(DEFAULT_STEPS, _limits(info).max_steps)}
+    def _model_defaults(cls, data: Any, info: ValidationInfo) -> Any:
+        # The model's defaults (families.defaults), and validated: a default steps past a lower MAX_STEPS is not run.
+        if isinstance(data, dict):
+            return {**default_values(_limits(info)), **data}
         return data
 
     @field_validator("width", "height", "num_inference_steps", "seed", "num_images", mode="before")
@@ -123,9 +140,18 @@ class GenerateInputs(BaseModel):
 
     @field_validator("scheduler")
     @classmethod
-    def _scheduler(cls, value: str | None) -> str | None:
-        if value is not None and schedulers.canonical(value) is None:
-            raise ValueError(f"unknown scheduler {value[:40]!r} (known: {schedulers.known_names()})")
+    def _scheduler(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        family = _limits(info).model_family
+        name = schedulers.canonical(value, family.flow_matching)
+        if name is None:
+            known = schedulers.known_names(family.flow_matching)
+            raise ValueError(f"unknown scheduler {value[:40]!r} (known: {known})")
+        if not schedulers.applies(name, family.flow_matching):
+            kind = "a flow-matching model" if family.flow_matching else "not a flow-matching model"
+            raise ValueError(f"{value[:40]!r} does not apply to this model ({family.title}, {kind}); its schedulers: "
+                             f"{schedulers.known_names(family.flow_matching)}")
         return value
 
     @field_validator("prompt", "negative_prompt")
@@ -142,8 +168,9 @@ class GenerateInputs(BaseModel):
         limits = _limits(info)
         if value is None:
             return None
-        if value % 8:
-            raise ValueError(f"must be a multiple of 8 (got {value}; try {max(64, round(value / 8) * 8)})")
+        step = limits.size_multiple
+        if value % step:
+            raise ValueError(f"must be a multiple of {step} (got {value}; try {max(64, round(value / step) * step)})")
         if not 64 <= value <= limits.max_side:
             raise ValueError(f"must be between 64 and {limits.max_side} (got {value})")
         return value
@@ -172,6 +199,14 @@ class GenerateInputs(BaseModel):
             raise _field_error("control_image", "this deployment has no ControlNet (its operator sets CONTROLNET_ID)")
         if "controlnet_conditioning_scale" in given and self.control_image is None:
             raise _field_error("controlnet_conditioning_scale", "applies only with control_image")
+        limits = _limits(info)
+        if self.negative_prompt and not limits.negative_prompt:
+            raise _field_error("negative_prompt", f"this model ({limits.model_family.title}) takes no negative "
+                                                  "prompt: it is guidance-distilled; say in the prompt what the image "
+                                                  "should show")
+        if self.guidance_scale > 1 and not limits.guidance:
+            raise _field_error("guidance_scale", "this model is guidance-distilled (FLUX.1-schnell, a turbo model) "
+                                                 "and takes no guidance: leave guidance_scale out, or send 0")
         return self
 
     @property
@@ -198,7 +233,7 @@ class GenerateInputs(BaseModel):
         """width and height when given; else the input image's size made usable (images.fit); else native."""
         source = self.image or self.control_image
         if source is not None:
-            default = images.fit(source.size, limits.pixel_budget, limits.max_side)
+            default = images.fit(source.size, limits.pixel_budget, limits.max_side, limits.size_multiple)
         else:
             default = (limits.native_width, limits.native_height)
         return self.width or default[0], self.height or default[1]
@@ -230,6 +265,8 @@ class Answer(BaseModel):
     seeds: list[int] = Field(description="each image's own seed: image i regenerates alone from seeds[i]")
     nsfw: list[bool] = Field(description="per image: flagged (and blanked) by the model's safety checker")
     mode: Mode
+    family: Literal[families.NAMES] = Field(description="the model's family: " + ", ".join(
+        f"{family.name} ({family.title})" for family in families.FAMILIES))
     width: int
     height: int
     num_inference_steps: int
@@ -248,6 +285,12 @@ class ErrorBody(BaseModel):
 
     error: str
     errors: list[FieldError] | None = None
+
+
+def default_values(limits: Limits) -> dict[str, Any]:
+    """What a request that leaves them out gets: the model's defaults, within the operator's MAX_STEPS."""
+    return {"num_inference_steps": min(limits.default_steps, limits.max_steps),
+            "guidance_scale": limits.default_guidance_scale}
 
 
 def _limits(info: ValidationInfo) -> Limits:

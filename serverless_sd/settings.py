@@ -24,6 +24,11 @@ class Settings(BaseModel):
     compile: bool = False
     cuda_graphs: bool = True
     warm_up: Literal["auto", "on", "off"] = "auto"  # auto: on CUDA, where the first request would pay set-up
+    # The model's defaults for a request that leaves them out; unset: the model card's (families.defaults).
+    default_steps: int | None = Field(None, ge=1)
+    default_guidance_scale: float | None = Field(None, ge=0, le=30)
+    drop_t5: bool = False  # SD 3 without its T5 text encoder: 9.5 GB less, prompts followed less closely
+    cpu_offload: bool = False  # each model onto the GPU only while it runs: the last resort on a small card
     log_prompts: bool = False
     # "plain": image_base64 without its data:image/...;base64, prefix, as the original template's clients decode it.
     image_base64: Literal["data_uri", "plain"] = "data_uri"

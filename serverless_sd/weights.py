@@ -28,16 +28,30 @@ class WeightsError(RuntimeError):
     """The model cannot be had: the message says what to do about it."""
 
 
-def fp16_variant(filenames: Iterable[str]) -> str | None:
-    """Take the repo's fp16 safetensors where it ships them: half the download, and the dtype we serve in."""
-    return "fp16" if any(name.endswith(".fp16.safetensors") for name in filenames) else None
+HALF_VARIANTS = ("fp16", "bf16")  # in the order taken
+
+
+def half_variant(filenames: Iterable[str]) -> str | None:
+    """Take the repo's 16-bit safetensors where it ships them (fp16, else bf16): half the download, and the
+    precision we serve in."""
+    names = list(filenames)
+    return next((variant for variant in HALF_VARIANTS if any(_is(name, variant) for name in names)), None)
+
+
+def _is(filename: str, variant: str | None) -> bool:
+    """Whether a safetensors file is of that variant (None: of none)."""
+    if variant is None:
+        return not any(_is(filename, half) for half in HALF_VARIANTS)
+    return filename.endswith(f".{variant}.safetensors")
 
 
 def download(model_id: str, models_dir: Path, token: str | None = None, safety_checker: bool = True,
-             controlnet: bool = False) -> Path:
-    """Fetch only what the pipeline loads (safetensors over .bin/.ckpt, the fp16 variant if any) into models_dir.
+             controlnet: bool = False, drop_t5: bool = False) -> Path:
+    """Fetch only what the pipeline loads (safetensors over .bin/.ckpt, the fp16 variant if any) into models_dir:
+    the folders model_index.json names, never a repo's single-file checkpoints beside them (SD 3.5's and FLUX.1's).
 
-    With safety_checker False the checker's weights are skipped; a ControlNet repo holds one model, not a pipeline.
+    With safety_checker False the checker's weights are skipped, with drop_t5 SD 3's T5 encoder; a ControlNet repo
+    holds one model, not a pipeline.
     """
     if Path(model_id).is_dir():
         return Path(model_id)
@@ -45,7 +59,7 @@ def download(model_id: str, models_dir: Path, token: str | None = None, safety_c
         files = [sibling.rfilename for sibling in model_info(model_id, token=token).siblings or []]
         if controlnet:
             return _fetch_controlnet(model_id, models_dir, files, token=token)
-        return _fetch(model_id, models_dir, files, token=token, **_skipped(safety_checker))
+        return _fetch(model_id, models_dir, files, token=token, **_skipped(safety_checker, drop_t5))
     except GatedRepoError:
         raise WeightsError(
             f"MODEL_ID {model_id!r} is gated: accept its terms on its Hugging Face page, then pass a token "
@@ -70,7 +84,8 @@ def download(model_id: str, models_dir: Path, token: str | None = None, safety_c
         raise WeightsError(f"MODEL_ID {model_id!r} " + SAFETENSORS_ONLY.format(what=" for every component")) from None
 
 
-def locate(model_id: str, models_dir: Path, safety_checker: bool = True, controlnet: bool = False) -> Path:
+def locate(model_id: str, models_dir: Path, safety_checker: bool = True, controlnet: bool = False,
+           drop_t5: bool = False) -> Path:
     """The folder to load: MODEL_ID itself when it is one, else the snapshot download() baked in. Never the network."""
     if Path(model_id).is_dir():
         return Path(model_id)
@@ -78,7 +93,7 @@ def locate(model_id: str, models_dir: Path, safety_checker: bool = True, control
         files = [entry.path for entry in get_cached_repo_tree(model_id, cache_dir=models_dir)]
         if controlnet:
             return _fetch_controlnet(model_id, models_dir, files, local_files_only=True)
-        return _fetch(model_id, models_dir, files, local_files_only=True, **_skipped(safety_checker))
+        return _fetch(model_id, models_dir, files, local_files_only=True, **_skipped(safety_checker, drop_t5))
     except (CachedRepoTreeNotFoundError, LocalEntryNotFoundError, ValueError):
         raise WeightsError(
             f"MODEL_ID {model_id!r} is not in {models_dir}: run `python3 download.py` with the same MODEL_ID "
@@ -86,13 +101,14 @@ def locate(model_id: str, models_dir: Path, safety_checker: bool = True, control
         ) from None
 
 
-def _skipped(safety_checker: bool) -> dict:
-    # diffusers downloads no component passed in explicitly.
-    return {} if safety_checker else {"safety_checker": None}
+def _skipped(safety_checker: bool, drop_t5: bool) -> dict:
+    # diffusers downloads no component passed in explicitly (and ignores those the pipeline does not have).
+    return {**({} if safety_checker else {"safety_checker": None}),
+            **({"text_encoder_3": None, "tokenizer_3": None} if drop_t5 else {})}
 
 
 def _fetch_controlnet(model_id: str, models_dir: Path, files: list[str], **hub_options) -> Path:
-    weights_file = next((name for name in ("diffusion_pytorch_model.fp16.safetensors",
+    weights_file = next((name for name in (*(f"diffusion_pytorch_model.{v}.safetensors" for v in HALF_VARIANTS),
                                            "diffusion_pytorch_model.safetensors") if name in files), None)
     if weights_file is None:
         raise WeightsError(f"CONTROLNET_ID {model_id!r} " + SAFETENSORS_ONLY.format(what=""))
@@ -103,12 +119,12 @@ def _fetch_controlnet(model_id: str, models_dir: Path, files: list[str], **hub_o
 def _fetch(model_id: str, models_dir: Path, files: list[str], **hub_options) -> Path:
     from diffusers import DiffusionPipeline  # diffusers' own rule: the files its from_pretrained will open
 
-    return Path(DiffusionPipeline.download(model_id, cache_dir=models_dir, variant=fp16_variant(files),
+    return Path(DiffusionPipeline.download(model_id, cache_dir=models_dir, variant=half_variant(files),
                                            use_safetensors=True, **hub_options))
 
 
 def local_variant(folder: Path) -> str | None:
-    return fp16_variant(path.name for path in folder.rglob("*.safetensors"))
+    return half_variant(path.name for path in folder.rglob("*.safetensors"))
 
 
 def stored_dtypes(folder: Path) -> dict[str, "torch.dtype"]:
@@ -121,8 +137,7 @@ def stored_dtypes(folder: Path) -> dict[str, "torch.dtype"]:
     variant = local_variant(folder)
     dtypes = {}
     for component in [folder, *sorted(path for path in folder.iterdir() if path.is_dir())]:
-        files = sorted(path for path in component.glob("*.safetensors")
-                       if path.name.endswith(".fp16.safetensors") == (variant == "fp16"))
+        files = sorted(path for path in component.glob("*.safetensors") if _is(path.name, variant))
         if files:
             with safe_open(files[0], framework="pt") as weights:
                 stored = (weights.get_slice(name).get_dtype() for name in weights.keys())

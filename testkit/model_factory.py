@@ -11,7 +11,14 @@ from diffusers import (
     AutoencoderKL,
     ControlNetModel,
     EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FluxControlNetModel,
+    FluxPipeline,
+    FluxTransformer2DModel,
     PNDMScheduler,
+    SD3ControlNetModel,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
     StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
@@ -25,6 +32,9 @@ from transformers import (
     CLIPTextModel,
     CLIPTextModelWithProjection,
     CLIPTokenizer,
+    T5Config,
+    T5EncoderModel,
+    T5Tokenizer,
 )
 
 
@@ -154,6 +164,85 @@ def save_tiny_controlnet(folder: Path) -> Path:
     for block in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
                   controlnet.controlnet_cond_embedding.conv_out]:
         torch.nn.init.normal_(block.weight, std=0.1)
+    controlnet.save_pretrained(folder)
+    return folder
+
+
+def t5_tokenizer() -> T5Tokenizer:
+    """A T5 (unigram) tokenizer over printable ASCII, one piece per character."""
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    return T5Tokenizer(vocab=pieces + [(chr(c), -3.0) for c in range(ord("!"), ord("~") + 1)], extra_ids=0)
+
+
+def tiny_t5() -> T5EncoderModel:
+    return T5EncoderModel(T5Config(vocab_size=128, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                                   relative_attention_num_buckets=8))
+
+
+def tiny_flow_vae(**extra) -> AutoencoderKL:
+    """SD 3's and FLUX.1's autoencoder: 16 latent channels, shifted and scaled latents."""
+    return AutoencoderKL(
+        block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=16,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        shift_factor=0.0609, scaling_factor=1.5035, **extra)
+
+
+# Two layers: SD 3's last block reads no ControlNet (it updates the image stream only).
+SD3_TRANSFORMER = {"sample_size": 32, "patch_size": 1, "in_channels": 16, "num_layers": 2, "attention_head_dim": 8,
+                   "num_attention_heads": 4, "caption_projection_dim": 32, "joint_attention_dim": 32,
+                   "pooled_projection_dim": 64, "out_channels": 16}
+FLUX_TRANSFORMER = {"patch_size": 1, "in_channels": 64, "num_layers": 1, "num_single_layers": 1,
+                    "attention_head_dim": 16, "num_attention_heads": 2, "joint_attention_dim": 32,
+                    "pooled_projection_dim": 32, "axes_dims_rope": [4, 4, 8]}
+
+
+def save_tiny_sd3(folder: Path) -> Path:
+    """SD-3-shaped: an MMDiT transformer, two CLIP encoders and a T5, flow matching; 64x64 native size."""
+    torch.manual_seed(0)
+    pipe = StableDiffusion3Pipeline(
+        transformer=SD3Transformer2DModel(**SD3_TRANSFORMER), vae=tiny_flow_vae(),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        text_encoder=CLIPTextModelWithProjection(_text_encoder_config(32, 2, 4, 32, 1000)),
+        tokenizer=byte_level_tokenizer(),
+        text_encoder_2=CLIPTextModelWithProjection(_text_encoder_config(32, 2, 4, 32, 1000)),
+        tokenizer_2=byte_level_tokenizer(), text_encoder_3=tiny_t5(), tokenizer_3=t5_tokenizer(),
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def save_tiny_flux(folder: Path, guidance: bool = False) -> Path:
+    """FLUX.1-shaped: a dual-stream transformer, CLIP and T5 encoders, flow matching with resolution-dependent
+    shift; schnell-like (no guidance embedding) unless guidance. Native size: FLUX's 128 latents, 256x256 here."""
+    torch.manual_seed(0)
+    pipe = FluxPipeline(
+        transformer=FluxTransformer2DModel(**FLUX_TRANSFORMER, guidance_embeds=guidance),
+        vae=tiny_flow_vae(use_quant_conv=False, use_post_quant_conv=False),
+        scheduler=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                  base_image_seq_len=256, max_image_seq_len=4096),
+        text_encoder=CLIPTextModel(_text_encoder_config(32, 2, 4, 32, 1000)), tokenizer=byte_level_tokenizer(),
+        text_encoder_2=tiny_t5(), tokenizer_2=t5_tokenizer(),
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def save_tiny_sd3_controlnet(folder: Path) -> Path:
+    torch.manual_seed(0)
+    return _randomised(SD3ControlNetModel(**{**SD3_TRANSFORMER, "num_layers": 1}), folder)
+
+
+def save_tiny_flux_controlnet(folder: Path) -> Path:
+    torch.manual_seed(0)
+    return _randomised(FluxControlNetModel(**FLUX_TRANSFORMER), folder)
+
+
+def _randomised(controlnet: torch.nn.Module, folder: Path) -> Path:
+    """A transformer ControlNet starts with zero projections (so that it changes nothing until trained): random
+    ones here, so that the control image changes the output, as a trained one does."""
+    for parameter in controlnet.parameters():
+        if parameter.ndim >= 2 and not parameter.any():
+            torch.nn.init.normal_(parameter, std=0.1)
     controlnet.save_pretrained(folder)
     return folder
 

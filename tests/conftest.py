@@ -25,6 +25,10 @@ def models(tmp_path_factory) -> dict[str, Path]:
         "sd_checked": model_factory.save_tiny_sd(root / "tiny-sd-with-safety-checker", safety_checker=True),
         "controlnet": model_factory.save_tiny_controlnet(root / "tiny-controlnet"),
         "sd_inpainting": model_factory.save_tiny_sd_inpainting(root / "tiny-sd-inpainting"),
+        "sd3": model_factory.save_tiny_sd3(root / "tiny-sd3"),
+        "sd3_controlnet": model_factory.save_tiny_sd3_controlnet(root / "tiny-sd3-controlnet"),
+        "flux": model_factory.save_tiny_flux(root / "tiny-flux-schnell"),
+        "flux_controlnet": model_factory.save_tiny_flux_controlnet(root / "tiny-flux-controlnet"),
     }
 
 

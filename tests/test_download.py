@@ -1,6 +1,7 @@
 """download.py end to end against a local server that answers like the hub, then app.py loading what it baked."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -8,6 +9,9 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
+from serverless_sd.pipelines import StableDiffusion
+from serverless_sd.schema import parse
+from serverless_sd.settings import Settings
 from testkit.fake_hub import FakeHub
 from testkit.processes import ROOT, free_port
 
@@ -25,6 +29,13 @@ def hub(models, tmp_path_factory):
     server.add("acme/fp32-only", models["sd"])
     server.add("acme/private", models["sd"], token="hf_private_token_1")
     server.add("acme/gated", models["sd"], gated=True)
+    # SD 3.5's and FLUX.1's repos also hold single-file checkpoints (and their text encoders) at the top.
+    sd3 = tmp_path_factory.mktemp("hub") / "tiny-sd3"
+    shutil.copytree(models["sd3"], sd3, dirs_exist_ok=True)
+    for name in ("sd3.5_medium.safetensors", "text_encoders/t5xxl_fp16.safetensors"):
+        (sd3 / name).parent.mkdir(exist_ok=True)
+        (sd3 / name).write_bytes(b"a single-file checkpoint the pipeline never opens")
+    server.add("acme/sd3", sd3)
     yield server
     server.close()
 
@@ -54,13 +65,21 @@ def test_downloads_only_the_fp16_safetensors_the_pipeline_loads_then_the_app_ser
     assert app.post({"prompt": "a boat", "num_inference_steps": 1}).status_code == 200
 
 
-def test_a_repo_without_fp16_files_gets_its_fp32_safetensors(hub, tmp_path):
+def test_sd3_with_drop_t5_gets_neither_t5_nor_the_single_files_and_loads_offline(hub, tmp_path, monkeypatch):
+    result = download(hub, "acme/sd3", tmp_path, DROP_T5="1")
+    assert result.returncode == 0, result.stderr
+    weights = sorted(name for name in hub.downloaded if name.endswith(".safetensors"))
+    assert weights == ["text_encoder/model.safetensors", "text_encoder_2/model.safetensors",
+                       "transformer/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors"]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = StableDiffusion.load(Settings(model_id="acme/sd3", models_dir=tmp_path, drop_t5=True, device="cpu"))
+    assert model.family.name == "sd3" and model.pipe.text_encoder_3 is None
+    assert model.generate(parse({"prompt": "a", "num_inference_steps": 2}, model.limits)).images[0].size == (64, 64)
+
+
+def test_a_repo_without_fp16_files_gets_its_fp32_safetensors_and_a_second_run_nothing(hub, tmp_path):
     assert download(hub, "acme/fp32-only", tmp_path).returncode == 0
     assert "unet/diffusion_pytorch_model.safetensors" in hub.downloaded
-
-
-def test_a_second_run_downloads_nothing(hub, tmp_path):
-    assert download(hub, "acme/fp32-only", tmp_path).returncode == 0
     assert download(hub, "acme/fp32-only", tmp_path).returncode == 0
     assert not [name for name in hub.downloaded if name.endswith(".safetensors")]
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
+from serverless_sd import families
 from serverless_sd.pipelines import StableDiffusion, choose_device, choose_dtype
 from serverless_sd.settings import Settings
 
@@ -14,11 +15,12 @@ from test_modes import uri
 
 
 def test_dtype_choice():
-    cpu = torch.device("cpu")
-    assert choose_dtype("float32", cpu) == torch.float32
-    assert choose_dtype("auto", torch.device("cuda")) == torch.float16
+    cpu, cuda, sd, flux = torch.device("cpu"), torch.device("cuda"), families.named("sd"), families.named("flux")
+    assert choose_dtype("float32", cpu, sd) == torch.float32
+    assert choose_dtype("auto", cuda, sd) == torch.float16
+    assert choose_dtype("auto", cuda, flux) == torch.bfloat16  # FLUX.1 overflows in float16
     expected = torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
-    assert choose_dtype("auto", cpu) == expected
+    assert choose_dtype("auto", cpu, sd) == choose_dtype("auto", cpu, flux) == expected
     assert choose_device("cpu") == cpu
 
 

@@ -1,6 +1,9 @@
+import re
+
 import pytest
 
 from serverless_sd.settings import Settings
+from testkit.processes import ROOT
 
 
 def test_defaults_are_the_originals(monkeypatch):
@@ -29,3 +32,9 @@ def test_a_bad_value_stops_with_the_variables_name(monkeypatch):
 def test_the_token_is_never_printed(monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_abcdef")
     assert "hf_abcdef" not in repr(Settings.from_env())
+
+
+def test_the_operations_page_documents_every_setting():
+    table = (ROOT / "docs" / "operations.md").read_text().split("| variable |", 1)[1].split("\n\n", 1)[0]
+    documented = {name for row in table.splitlines()[2:] for name in re.findall(r"`([A-Z0-9_]+)`", row.split("|")[1])}
+    assert documented == {name.upper() for name in Settings.model_fields}

@@ -34,7 +34,7 @@ class Txt2Img(BaseModel):
     prompt: str = Field(min_length=1)
     negative_prompt: str = ""
     steps: int | None = Field(None, description="the model's default when absent")
-    cfg_scale: float = Field(7.0, allow_inf_nan=False)
+    cfg_scale: float | None = Field(None, allow_inf_nan=False, description="the model's default when absent")
     width: int = 512
     height: int = 512
     seed: int = Field(-1, description="-1: random")
@@ -153,12 +153,14 @@ def router(generations: Generations, authorized, model_name: str) -> APIRouter:
         return key
 
     async def generate(request: Request, body: Txt2Img, key: str, inputs: dict) -> Generated:
-        inputs |= {"prompt": body.prompt, "guidance_scale": body.cfg_scale, "width": body.width,
-                   "height": body.height, "num_images": body.batch_size * body.n_iter}
+        inputs |= {"prompt": body.prompt, "width": body.width, "height": body.height,
+                   "num_images": body.batch_size * body.n_iter}
         if body.negative_prompt:
             inputs["negative_prompt"] = body.negative_prompt
         if body.steps is not None:
             inputs["num_inference_steps"] = body.steps
+        if body.cfg_scale is not None:
+            inputs["guidance_scale"] = body.cfg_scale
         if body.seed != -1:
             inputs["seed"] = body.seed
         if sampler := body.sampler_name or body.sampler_index:
