@@ -11,7 +11,7 @@ SDKS := 4.0.0 6.3.0
 APP_PORT ?= 8000
 GATEWAY_PORT ?= 8080
 
-.PHONY: setup lint test fuzz loadtest soak serve demo download bench bench-families coldstart clean
+.PHONY: setup lint test fuzz loadtest soak serve demo download bench bench-families bench-few-step coldstart clean
 
 setup: $(STAMP)
 
@@ -72,6 +72,10 @@ bench: setup
 # Model families: weights of each reference checkpoint, SD 3 and FLUX.1 on this CPU (bench/results/families.json).
 bench-families: setup
 	$(PY) -m bench.families
+
+# Seconds per image at 4 steps against 25, and a weighted long prompt's cost (bench/results/few_step.json).
+bench-few-step: setup
+	$(PY) -m bench.few_step
 
 # Zero to first image: no replica, a job, a scaler on GET /scale starts one (bench/results/cold_start.json).
 coldstart: setup

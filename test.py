@@ -88,7 +88,8 @@ def save(outputs: list[dict], out_dir: Path, call_id: str) -> list[Path]:
 
 def options() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--prompt", default="a lighthouse on a cliff at dusk, oil painting")
+    parser.add_argument("--prompt", default="a lighthouse on a cliff at dusk, oil painting",
+                        help='SD 1.x/2.x and SDXL: any length; weights as "a (red:1.3) door" or "a red++ door"')
     parser.add_argument("--negative-prompt", dest="negative_prompt")
     parser.add_argument("--width", type=int)
     parser.add_argument("--height", type=int)
@@ -97,7 +98,8 @@ def options() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--num-images", dest="num_images", type=int)
     parser.add_argument("--format", dest="output_format", choices=["png", "jpeg", "webp"])
-    parser.add_argument("--scheduler", help='e.g. euler_a, dpm++_2m_karras, "DPM++ 2M Karras"')
+    parser.add_argument("--scheduler", help='e.g. euler_a, dpm++_2m_karras, "DPM++ 2M Karras", lcm, flow_euler')
+    parser.add_argument("--clip-skip", dest="clip_skip", type=int, help="AUTOMATIC1111's Clip skip (2: penultimate)")
     parser.add_argument("--image", type=Path, help="img2img: the starting picture (PNG, JPEG or WebP file)")
     parser.add_argument("--mask", dest="mask_image", type=Path, help="inpainting, with --image: white = repaint")
     parser.add_argument("--strength", type=float, help="img2img/inpainting: how much to change (0-1]")

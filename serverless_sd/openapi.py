@@ -42,7 +42,8 @@ def app_document(limits: Limits) -> dict:
     for name in IMAGES:
         fields[name]["anyOf"][0]["format"] = "image"
     inputs["allOf"] = _fields_that_go_together(limits.controlnet)
-    refused = [*(() if limits.controlnet else CONTROLNET_FIELDS), *(() if limits.negative_prompt else NEGATIVE)]
+    refused = [*(() if limits.controlnet else CONTROLNET_FIELDS), *(() if limits.negative_prompt else NEGATIVE),
+               *(() if limits.model_family.clip_prompts else ("clip_skip",))]
     for name in refused:  # this deployment refuses them: its document does not offer them
         del fields[name]
     if limits.inpainting_only:

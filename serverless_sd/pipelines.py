@@ -15,7 +15,7 @@ from diffusers import (
 )
 from PIL import Image
 
-from . import families, images, logs, schedulers, seeds, weights
+from . import families, images, logs, prompts, schedulers, seeds, weights
 from .cuda_graphs import CudaGraphed
 from .families import Family, FamilyError
 from .schema import Answer, GenerateInputs, Limits
@@ -73,6 +73,7 @@ class StableDiffusion:
         self.wants_warm_up = False
         self.offload_device: torch.device | None = None  # CPU_OFFLOAD: the device each model moves to while it runs
         self.offloaded_mode: str | None = None
+        self.encoder = prompts.Encoder(pipe) if family.clip_prompts else None  # weights, long prompts, clip_skip
         denoiser = family.denoiser_of(pipe)
         # An inpainting checkpoint's UNet also reads the mask and the masked picture (9 channels, not 4): it can
         # only inpaint, and the others modes are refused with a 422 (Limits.inpainting_only).
@@ -204,8 +205,6 @@ class StableDiffusion:
             control = inputs.control_image.convert("RGB").resize((width, height), Image.LANCZOS)
             options.update({"control_image" if "control_image" in takes else "image": control,
                             "controlnet_conditioning_scale": inputs.controlnet_conditioning_scale})
-        if inputs.negative_prompt:  # FLUX.1 takes none (schema refuses one)
-            options["negative_prompt"] = inputs.negative_prompt
         if self.offload_device is not None and self.offloaded_mode != inputs.mode:
             # The hooks chain this mode's models in its order (a ControlNet joins it), so each mode sets its own.
             pipe.enable_model_cpu_offload(device=self.offload_device)
@@ -218,8 +217,11 @@ class StableDiffusion:
         with torch.random.fork_rng([device] if device.type == "cuda" else [], device_type=device.type), \
                 torch.inference_mode():
             torch.manual_seed(image_seeds[0])
+            # SD 1.x/2.x and SDXL: weights, long prompts and clip_skip (prompts.Encoder); SD 3 and FLUX.1 read text.
+            text = self.encoder(inputs.prompt, inputs.negative_prompt, inputs.clip_skip) if self.encoder else {
+                "prompt": inputs.prompt, "negative_prompt": inputs.negative_prompt or None}
             result = pipe(
-                prompt=inputs.prompt, num_inference_steps=inputs.schedule_steps(), guidance_scale=inputs.guidance_scale,
+                **text, num_inference_steps=inputs.schedule_steps(), guidance_scale=inputs.guidance_scale,
                 num_images_per_prompt=inputs.num_images, generator=generators, **options,
             )
         # The safety checker, where the model has one, blanks each flagged image and flags it; the rest stand.

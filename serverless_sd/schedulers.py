@@ -17,13 +17,17 @@ SCHEDULERS = {
     "unipc": ("UniPCMultistepScheduler", {}),
     "lms": ("LMSDiscreteScheduler", {}),
     "pndm": ("PNDMScheduler", {}),
+    # Few-step: for LCM, TCD, Lightning, Hyper-SD and turbo models, at 1-8 steps with guidance_scale 0 or 1.
+    "lcm": ("LCMScheduler", {}),
+    "tcd": ("TCDScheduler", {}),
+    "euler_trailing": ("EulerDiscreteScheduler", {"timestep_spacing": "trailing"}),
     "flow_euler": ("FlowMatchEulerDiscreteScheduler", {}),
     "flow_euler_karras": ("FlowMatchEulerDiscreteScheduler", {"use_karras_sigmas": True}),
 }
 FLOW = ("flow_euler", "flow_euler_karras")
 A1111_NAMES = {
     "euler": "euler", "euler a": "euler_a", "ddim": "ddim", "dpm++ 2m": "dpm++_2m",
-    "dpm++ 2m karras": "dpm++_2m_karras", "unipc": "unipc", "lms": "lms", "plms": "pndm",
+    "dpm++ 2m karras": "dpm++_2m_karras", "unipc": "unipc", "lms": "lms", "plms": "pndm", "lcm": "lcm",
 }
 
 
@@ -40,7 +44,7 @@ def applies(name: str, flow_matching: bool) -> bool:
 
 
 # AUTOMATIC1111's display spellings, as its users type them (matching is case-insensitive all the same).
-A1111_SPELLINGS = ["Euler", "Euler a", "DDIM", "DPM++ 2M", "DPM++ 2M Karras", "UniPC", "LMS", "PLMS"]
+A1111_SPELLINGS = ["Euler", "Euler a", "DDIM", "DPM++ 2M", "DPM++ 2M Karras", "UniPC", "LMS", "PLMS", "LCM"]
 assert {spelling.lower() for spelling in A1111_SPELLINGS} == set(A1111_NAMES)
 
 

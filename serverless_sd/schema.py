@@ -19,7 +19,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from . import families, images, schedulers
+from . import families, images, prompts, schedulers
 
 SEED_LIMIT = 2**64
 MIN_STRENGTH = 0.01  # one step at this strength takes a 100-step schedule; schedulers stop at 1000
@@ -104,6 +104,8 @@ class GenerateInputs(BaseModel):
     seed: int | None = Field(None, ge=0, lt=SEED_LIMIT)
     num_images: int = Field(1, ge=1, validation_alias=AliasChoices("num_images", "num_images_per_prompt"))
     output_format: OutputFormat = "png"
+    clip_skip: int | None = Field(None, ge=1, le=12, description="AUTOMATIC1111's Clip skip: 1 = CLIP's last layer (as "
+                                  "none given), 2 = its penultimate, ... (SD 1.x/2.x and SDXL)")
     scheduler: Annotated[str | None, WithJsonSchema({"anyOf": [{"enum": schedulers.names()}, {"type": "null"}],
                                                      "description": "case-insensitive"})] = None
     # The mode follows from the images given: image (img2img), image + mask_image (inpainting), control_image.
@@ -157,9 +159,11 @@ class GenerateInputs(BaseModel):
     @field_validator("prompt", "negative_prompt")
     @classmethod
     def _prompt_length(cls, value: str | None, info: ValidationInfo) -> str | None:
-        limit = _limits(info).max_prompt_chars
-        if value is not None and len(value) > limit:
-            raise ValueError(f"at most {limit} characters (got {len(value)})")
+        limits = _limits(info)
+        if value is not None and len(value) > limits.max_prompt_chars:
+            raise ValueError(f"at most {limits.max_prompt_chars} characters (got {len(value)})")
+        if value and limits.model_family.clip_prompts:
+            prompts.weighted(value)  # raises PromptSyntaxError (a ValueError) saying where
         return value
 
     @field_validator("width", "height")
@@ -204,6 +208,9 @@ class GenerateInputs(BaseModel):
             raise _field_error("negative_prompt", f"this model ({limits.model_family.title}) takes no negative "
                                                   "prompt: it is guidance-distilled; say in the prompt what the image "
                                                   "should show")
+        if self.clip_skip is not None and not limits.model_family.clip_prompts:
+            raise _field_error("clip_skip", f"applies to SD 1.x/2.x and SDXL, whose prompts CLIP alone reads; this "
+                                            f"model is {limits.model_family.title}")
         if self.guidance_scale > 1 and not limits.guidance:
             raise _field_error("guidance_scale", "this model is guidance-distilled (FLUX.1-schnell, a turbo model) "
                                                  "and takes no guidance: leave guidance_scale out, or send 0")

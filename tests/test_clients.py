@@ -93,7 +93,8 @@ def newman(gateway, api_key: str, collection: str = "postman_collection.json") -
 def test_the_postman_collection_runs_green_against_a_default_deployment(default_gateway):
     result = newman(default_gateway, "test-key-0123456789")
     assert result.returncode == 0, result.stdout[-3000:]
-    for name in ("Start (wait for result)", "Start (startOnly)", "Check", "Img2img", "Inpainting"):
+    for name in ("Start (wait for result)", "Start (startOnly)", "Check", "Weighted long prompt, few steps", "Img2img",
+                 "Inpainting"):
         assert f"→ {name}" in result.stdout
 
 

@@ -86,8 +86,8 @@ def test_the_modes_share_one_copy_of_the_weights(models):
         assert mode.text_encoder is model.pipe.text_encoder
 
 
-SCHEDULER_NAMES = ["euler", "euler_a", "ddim", "dpm++_2m", "dpm++_2m_karras", "unipc", "lms", "pndm",
-                   "Euler a", "DPM++ 2M Karras", "dpm++ 2m", "PLMS", "EULER"]
+SCHEDULER_NAMES = ["euler", "euler_a", "ddim", "dpm++_2m", "dpm++_2m_karras", "unipc", "lms", "pndm", "lcm", "tcd",
+                   "euler_trailing", "Euler a", "DPM++ 2M Karras", "dpm++ 2m", "PLMS", "EULER", "LCM"]
 
 
 @pytest.mark.parametrize("name", SCHEDULER_NAMES)
@@ -135,6 +135,9 @@ def bomb() -> str:
     ({"control_image": "IMAGE"}, "control_image", "has no ControlNet"),
     ({"controlnet_conditioning_scale": 0.5}, "controlnet_conditioning_scale", "applies only with control_image"),
     ({"scheduler": "k_heun_turbo"}, "scheduler", "unknown scheduler"),
+    ({"prompt": "a ((cat"}, "prompt", "'(' at character 4 is not closed"),
+    ({"negative_prompt": "blur]"}, "negative_prompt", "']' at character 5 closes nothing"),
+    ({"clip_skip": 13}, "clip_skip", "less than or equal to 12"),
     ({"image": "not base64!"}, "image", "not a base64-encoded PNG, JPEG or WebP image"),
     ({"image": "data:image/gif;base64,R0lGODlhAQABAAAAACw="}, "image", "must be a data:image/png|jpeg|webp"),
     ({"image": base64.b64encode(b"GIF89a" + b"\0" * 20).decode()}, "image", "not a base64-encoded PNG"),

@@ -8,6 +8,7 @@ from PIL import Image
 
 from serverless_sd import families
 from serverless_sd.pipelines import StableDiffusion, choose_device, choose_dtype
+from serverless_sd.schema import parse
 from serverless_sd.settings import Settings
 
 from test_app import generate, pixels
@@ -73,3 +74,15 @@ def test_an_inpainting_checkpoint_inpaints_and_refuses_the_other_modes_by_name(s
     document = httpx.get(app.url + "/openapi.json").json()
     schema = document["paths"]["/"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert {"prompt", "image", "mask_image"} <= set(schema["required"])
+
+
+@pytest.mark.parametrize("scheduler", ["lcm", "tcd", "euler_trailing"])
+def test_few_steps_without_guidance_run_the_unet_once_a_step_on_the_prompt_alone(models, scheduler):
+    """guidance_scale 0 or 1 turns classifier-free guidance off: no unconditional pass, half the UNet's work."""
+    model = StableDiffusion.load(Settings(model_id=str(models["sd"]), device="cpu"))
+    batches = []
+    model.pipe.unet.register_forward_pre_hook(lambda module, args: batches.append(args[0].shape[0]))
+    for guidance in (7.0, 1.0, 0.0):
+        inputs = {"prompt": "a", "num_inference_steps": 4, "guidance_scale": guidance, "scheduler": scheduler}
+        model.generate(parse(inputs, model.limits))
+    assert batches == [2] * 4 + [1] * 4 + [1] * 4

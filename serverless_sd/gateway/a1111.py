@@ -25,7 +25,7 @@ from .generation import Generations, Refused
 PARAMS = {"prompt": "prompt", "negative_prompt": "negative_prompt", "num_inference_steps": "steps",
           "guidance_scale": "cfg_scale", "width": "width", "height": "height", "width, height": "width",
           "num_images": "batch_size", "seed": "seed", "scheduler": "sampler_name", "image": "init_images",
-          "mask_image": "mask", "strength": "denoising_strength"}
+          "mask_image": "mask", "strength": "denoising_strength", "clip_skip": "override_settings"}
 
 
 class Txt2Img(BaseModel):
@@ -44,6 +44,7 @@ class Txt2Img(BaseModel):
     batch_size: int = 1
     n_iter: int = Field(1, description="batches: batch_size x n_iter images, within the app's MAX_IMAGES")
     enable_hr: Literal[False] = Field(False, description="hires fix: not supported")
+    override_settings: dict = Field({}, description="CLIP_stop_at_last_layers is read (clip_skip); the rest ignored")
 
 
 class Img2Img(Txt2Img):
@@ -161,6 +162,9 @@ def router(generations: Generations, authorized, model_name: str) -> APIRouter:
             inputs["num_inference_steps"] = body.steps
         if body.cfg_scale is not None:
             inputs["guidance_scale"] = body.cfg_scale
+        clip_skip = body.override_settings.get("CLIP_stop_at_last_layers")
+        if clip_skip != 1 and clip_skip is not None:  # 1, A1111's default, is none
+            inputs["clip_skip"] = clip_skip
         if body.seed != -1:
             inputs["seed"] = body.seed
         if sampler := body.sampler_name or body.sampler_index:

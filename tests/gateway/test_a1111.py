@@ -47,6 +47,12 @@ def test_seed_minus_one_is_random_and_a_seed_gives_the_image_banana_s_api_gives(
     assert Image.open(io.BytesIO(base64.b64decode(uri.partition(",")[2]))).tobytes() == through_a1111.image.tobytes()
 
 
+def test_clip_skip_as_a1111_clients_set_it(api):
+    plain = api.txt2img(**FAST, seed=3).image.tobytes()
+    assert api.txt2img(**FAST, seed=3, override_settings={"CLIP_stop_at_last_layers": 1}).image.tobytes() == plain
+    assert api.txt2img(**FAST, seed=3, override_settings={"CLIP_stop_at_last_layers": 2}).image.tobytes() != plain
+
+
 def test_img2img_and_inpainting(api):
     picture = Image.effect_noise((64, 64), 60).convert("RGB")
     mask = Image.new("L", (64, 64), 0)

@@ -129,3 +129,18 @@ def test_the_forms_bounds_defaults_and_schedulers_come_from_the_replicas_documen
     assert page.get_attribute("#width", "step") == "8" and page.get_attribute("#width", "max") == "2048"
     assert page.input_value("#strength") == "0.8" and page.input_value("#guidance_scale") == "7"
     page.close()
+
+
+def test_the_form_offers_what_the_model_takes(browser, gateway, start_app, start_gateway, models):
+    """FLUX.1-schnell takes no negative prompt, no clip_skip and no guidance: its page offers none of them."""
+    flux = start_gateway([start_app({"MODEL_ID": str(models["flux"])}).url], "--api-key", "page-key-0123456789")
+    for url, offered in ((gateway.url, True), (flux.url, False)):
+        page = browser.new_page()
+        page.goto(url + "/")
+        expect(page.locator("#scheduler option")).to_have_count(5 if not offered else 21, timeout=30_000)
+        for field in ("negative_prompt", "clip_skip"):
+            assert page.is_visible(f"#{field}") is offered, (url, field)
+        if not offered:
+            assert page.input_value("#num_inference_steps") == "4" and page.input_value("#guidance_scale") == "0"
+            assert page.get_attribute("#guidance_scale", "max") == "1" and page.get_attribute("#width", "step") == "8"
+        page.close()

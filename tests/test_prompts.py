@@ -1,0 +1,111 @@
+"""Prompts as people write them (SD 1.x/2.x and SDXL): A1111's and compel's weights, prompts past 77 tokens used
+whole, CLIP skip; and ordinary prompts left to diffusers as before."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoPipelineForText2Image
+
+from serverless_sd.pipelines import StableDiffusion
+from serverless_sd.prompts import PromptSyntaxError, to_compel
+from serverless_sd.schema import parse
+from serverless_sd.settings import Settings
+
+FAST = {"num_inference_steps": 3, "seed": 4}
+# The tiny models' tokenizer reads a character per token: this is about 240 tokens, four CLIP chunks.
+LONG = "a lighthouse on a cliff at dusk, " * 9
+
+
+@pytest.mark.parametrize("a1111, compel", [
+    ("a (cat:1.3) on a mat", "a (cat)1.3 on a mat"),
+    ("a ((cat))", "a ((cat)1.1)1.1"),
+    ("a [cat]", "a (cat)0.9091"),
+    ("(a: b:0.5)", "(a: b)0.5"),
+    ("a (cat)1.3 and a dog++", "a (cat)1.3 and a dog++"),  # compel's own syntax is kept
+    ("a \\(cat\\)", "a \\(cat\\)"),  # escaped: the characters themselves
+    ("well-known art", "well-known art"),
+])
+def test_a1111_weights_become_compels(a1111, compel):
+    assert to_compel(a1111) == compel
+
+
+@pytest.mark.parametrize("prompt, message", [
+    ("a ((cat", "'(' at character 4 is not closed"),
+    ("a cat)", "')' at character 6 closes nothing"),
+    ("a [cat)", "')' at character 7 closes nothing"),
+])
+def test_brackets_that_do_not_pair_say_where(prompt, message):
+    with pytest.raises(PromptSyntaxError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        to_compel(prompt)
+
+
+@pytest.fixture(scope="module")
+def sd(models) -> StableDiffusion:
+    return StableDiffusion.load(Settings(model_id=str(models["sd"]), device="cpu", dtype="float32"))
+
+
+@pytest.fixture(scope="module")
+def plain(models):
+    """The same folder in plain diffusers."""
+    pipe = AutoPipelineForText2Image.from_pretrained(models["sd"], torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def image(model: StableDiffusion, **inputs) -> np.ndarray:
+    generated = model.generate(parse({**FAST, **inputs}, model.limits))
+    return np.asarray(generated.images[0], dtype=np.float32)
+
+
+def differs(a: np.ndarray, b: np.ndarray) -> bool:
+    return np.abs(a - b).mean() > 0.5
+
+
+def test_ordinary_prompts_go_to_diffusers_as_text(sd):
+    assert not sd.encoder.needed("a red cube", "blur", None) and not sd.encoder.needed("a \\(red\\) cube", None, 1)
+    assert sd.encoder.needed("a (red:1.2) cube", None, None) and sd.encoder.needed("a cube", "blur++", None)
+    assert sd.encoder.needed(LONG, None, None) and sd.encoder.needed("a cube", None, 2)
+    assert sd.encoder("a \\(red\\) cube", None, None) == {"prompt": "a (red) cube"}  # escaped: the characters
+
+
+def test_a_long_prompt_is_used_whole(sd, plain):
+    """Two prompts alike in their first 77 tokens: diffusers alone cuts both there (one image); here they differ."""
+    head = "a lighthouse on a cliff at dusk, " * 3  # about 80 tokens
+    first, second = head + "red roses in a vase " * 5, head + "green hills under snow " * 5
+    assert differs(image(sd, prompt=first, guidance_scale=15), image(sd, prompt=second, guidance_scale=15))
+    cut = [np.asarray(plain(prompt=prompt, guidance_scale=15, num_inference_steps=3,
+                            generator=torch.Generator().manual_seed(4)).images[0], dtype=np.float32)
+           for prompt in (first, second)]
+    assert np.array_equal(*cut)
+
+
+def test_weights_change_the_image_and_weight_one_is_the_plain_prompt(sd):
+    strong = {"guidance_scale": 15}  # the tiny model heeds its prompt little: guidance makes a weight show
+    plain = image(sd, prompt="a red cube on a table", **strong)
+    for weighted in ("(a red cube on a table:2)", "a red cube on a (table:0.1)", "a (red)1.6++ cube"):
+        assert differs(plain, image(sd, prompt=weighted, **strong)), weighted
+    # Through compel at a weight of (almost) one: what diffusers' own encoding gives.
+    assert not differs(plain, image(sd, prompt="a (red:1.0001) cube on a table", **strong))
+
+
+def test_clip_skip_2_is_clips_penultimate_layer_as_diffusers_defines_it(sd, plain):
+    """A1111's "Clip skip: 2" is diffusers' clip_skip=1: CLIP's penultimate hidden state, through its final layer
+    norm. (diffusers 0.42's own clip_skip fails with transformers 5's CLIPTextModel, so it is computed here.)"""
+    ours = image(sd, prompt="a red cube", clip_skip=2, guidance_scale=1.0)
+    tokens = plain.tokenizer("a red cube", padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.inference_mode():
+        hidden = plain.text_encoder(tokens, output_hidden_states=True).hidden_states[-2]
+        embeds = plain.text_encoder.final_layer_norm(hidden)
+        theirs = plain(prompt_embeds=embeds, guidance_scale=1.0, num_inference_steps=3,
+                       generator=torch.Generator().manual_seed(4)).images[0]
+    assert np.abs(ours - np.asarray(theirs, dtype=np.float32)).max() <= 1
+    assert differs(ours, image(sd, prompt="a red cube", guidance_scale=1.0))
+    assert len(sd.pipe.text_encoder.encoder.layers) == 2  # all its layers are back after the request
+
+
+def test_sdxl_takes_weights_long_prompts_and_clip_skip(models):
+    sdxl = StableDiffusion.load(Settings(model_id=str(models["sdxl"]), device="cpu"))
+    base = image(sdxl, prompt=LONG + "(red:1.3)", negative_prompt="blur " * 30)
+    assert base.shape == (64, 64, 3)
+    assert differs(base, image(sdxl, prompt=LONG + "(blue:1.3)", negative_prompt="blur " * 30))
+    assert differs(base, image(sdxl, prompt=LONG + "(red:1.3)", negative_prompt="blur " * 30, clip_skip=2))
