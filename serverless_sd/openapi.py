@@ -35,6 +35,7 @@ def app_document(limits: Limits) -> dict:
         fields["guidance_scale"]["maximum"] = 1
     fields["scheduler"]["anyOf"][0]["enum"] = schedulers.names(limits.flow_matching)
     fields["num_images"]["maximum"] = limits.max_images
+    fields["clip_skip"]["anyOf"][0]["maximum"] = limits.clip_layers
     fields["prompt"]["maxLength"] = limits.max_prompt_chars
     fields["negative_prompt"]["anyOf"][0]["maxLength"] = limits.max_prompt_chars
     for alias, name in aliases().items():

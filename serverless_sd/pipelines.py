@@ -94,7 +94,7 @@ class StableDiffusion:
             settings, native_width=native, native_height=native, controlnet="controlnet" in self.modes,
             inpainting_only=inpainting_only, family=family.name, default_steps=model_defaults.steps,
             default_guidance_scale=model_defaults.guidance_scale, guidance=model_defaults.guidance,
-            size_multiple=size_multiple(family, pipe))
+            size_multiple=size_multiple(family, pipe), clip_layers=self.encoder.layers if self.encoder else 0)
 
     @classmethod
     def load(cls, settings: Settings) -> "StableDiffusion":

@@ -97,6 +97,7 @@ class Encoder:
         self.compel = CompelForSDXL(pipe) if self.sdxl else CompelForSD(pipe)
         self.tokenizer = pipe.tokenizer
         self.text_encoders = [pipe.text_encoder, *([pipe.text_encoder_2] if self.sdxl else [])]
+        self.layers = min(len(_layers_of(encoder).layers) for encoder in self.text_encoders)  # clip_skip's bound
 
     def needed(self, prompt: str, negative_prompt: str | None, clip_skip: int | None) -> bool:
         """Whether diffusers' own encoding would not do: weights, more than 77 tokens, or CLIP skip."""
@@ -123,8 +124,7 @@ class Encoder:
 def skipping_layers(text_encoders, skip: int):
     """CLIP skip: each encoder runs without its last `skip` layers for the duration (A1111's "Clip skip" N is N - 1
     layers skipped; the same embeddings as diffusers' clip_skip=N-1 on SD 1.x/2.x)."""
-    # transformers 5's CLIPTextModel holds its layers itself; CLIPTextModelWithProjection in .text_model.
-    stacks = [getattr(encoder, "text_model", encoder).encoder for encoder in text_encoders]
+    stacks = [_layers_of(encoder) for encoder in text_encoders]
     layers = [stack.layers for stack in stacks]
     for stack, full in zip(stacks, layers, strict=True):
         stack.layers = full[:len(full) - skip]
@@ -133,3 +133,9 @@ def skipping_layers(text_encoders, skip: int):
     finally:
         for stack, full in zip(stacks, layers, strict=True):
             stack.layers = full
+
+
+def _layers_of(text_encoder):
+    """The module holding a CLIP text encoder's `layers`: transformers 5's CLIPTextModel holds them itself,
+    CLIPTextModelWithProjection in .text_model."""
+    return getattr(text_encoder, "text_model", text_encoder).encoder

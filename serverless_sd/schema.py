@@ -46,6 +46,7 @@ class Limits:
     default_guidance_scale: float = 7.0
     guidance: bool = True  # False: a guidance-distilled model (FLUX.1-schnell, the turbos) takes guidance_scale <= 1
     size_multiple: int = 8  # each side a multiple of it: 16 for SD 3 and FLUX.1 (whole latent patches)
+    clip_layers: int = 12  # the layers of the model's shallowest CLIP text encoder (0: not a CLIP-only model)
 
     @property
     def flow_matching(self) -> bool:
@@ -104,8 +105,8 @@ class GenerateInputs(BaseModel):
     seed: int | None = Field(None, ge=0, lt=SEED_LIMIT)
     num_images: int = Field(1, ge=1, validation_alias=AliasChoices("num_images", "num_images_per_prompt"))
     output_format: OutputFormat = "png"
-    clip_skip: int | None = Field(None, ge=1, le=12, description="AUTOMATIC1111's Clip skip: 1 = CLIP's last layer (as "
-                                  "none given), 2 = its penultimate, ... (SD 1.x/2.x and SDXL)")
+    clip_skip: int | None = Field(None, ge=1, description="AUTOMATIC1111's Clip skip: 1 = CLIP's last layer (as none "
+                                  "given), 2 = its penultimate, ... up to its layer count (SD 1.x/2.x and SDXL)")
     scheduler: Annotated[str | None, WithJsonSchema({"anyOf": [{"enum": schedulers.names()}, {"type": "null"}],
                                                      "description": "case-insensitive"})] = None
     # The mode follows from the images given: image (img2img), image + mask_image (inpainting), control_image.
@@ -123,7 +124,7 @@ class GenerateInputs(BaseModel):
             return {**default_values(_limits(info)), **data}
         return data
 
-    @field_validator("width", "height", "num_inference_steps", "seed", "num_images", mode="before")
+    @field_validator("width", "height", "num_inference_steps", "seed", "num_images", "clip_skip", mode="before")
     @classmethod
     def _integral(cls, value: Any) -> Any:
         # JSON does not tell 512 from 512.0 (JavaScript cannot even write the latter) and JSON Schema calls both an
@@ -211,6 +212,9 @@ class GenerateInputs(BaseModel):
         if self.clip_skip is not None and not limits.model_family.clip_prompts:
             raise _field_error("clip_skip", f"applies to SD 1.x/2.x and SDXL, whose prompts CLIP alone reads; this "
                                             f"model is {limits.model_family.title}")
+        if self.clip_skip is not None and self.clip_skip > limits.clip_layers:
+            raise _field_error("clip_skip", f"at most {limits.clip_layers}, the layers of this model's text encoder "
+                                            f"(got {self.clip_skip})")
         if self.guidance_scale > 1 and not limits.guidance:
             raise _field_error("guidance_scale", "this model is guidance-distilled (FLUX.1-schnell, a turbo model) "
                                                  "and takes no guidance: leave guidance_scale out, or send 0")

@@ -137,7 +137,8 @@ def bomb() -> str:
     ({"scheduler": "k_heun_turbo"}, "scheduler", "unknown scheduler"),
     ({"prompt": "a ((cat"}, "prompt", "'(' at character 4 is not closed"),
     ({"negative_prompt": "blur]"}, "negative_prompt", "']' at character 5 closes nothing"),
-    ({"clip_skip": 13}, "clip_skip", "less than or equal to 12"),
+    ({"clip_skip": 3}, "clip_skip", "at most 2, the layers of this model's text encoder"),  # the tiny CLIP's 2
+    ({"clip_skip": 0}, "clip_skip", "greater than or equal to 1"),
     ({"image": "not base64!"}, "image", "not a base64-encoded PNG, JPEG or WebP image"),
     ({"image": "data:image/gif;base64,R0lGODlhAQABAAAAACw="}, "image", "must be a data:image/png|jpeg|webp"),
     ({"image": base64.b64encode(b"GIF89a" + b"\0" * 20).decode()}, "image", "not a base64-encoded PNG"),
