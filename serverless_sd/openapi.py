@@ -2,8 +2,9 @@
 from the models in schema.py, with this deployment's limits filled in. (The gateway's own document is FastAPI's.)
 
 Which fields go together is said in JSON Schema too (allOf below), so that data valid by the document is accepted.
-What it cannot say: an image string must decode as an image (the "image" format), and width x height within the
-pixel budget (implied by the per-side maximum where MAX_SIDE squared fits MAX_PIXELS; else a 422 names it).
+What it cannot say: an image string must decode as an image (the "image" format), a prompt's brackets must pair
+where weights are read (the "prompt" format: SD 1.x/2.x and SDXL), and width x height within the pixel budget
+(implied by the per-side maximum where MAX_SIDE squared fits MAX_PIXELS; else a 422 names it).
 """
 
 from pydantic import BaseModel
@@ -42,6 +43,9 @@ def app_document(limits: Limits) -> dict:
         fields[alias] = {**fields[name], "title": f"The same as {name} (send one of the two)"}
     for name in IMAGES:
         fields[name]["anyOf"][0]["format"] = "image"
+    if limits.model_family.clip_prompts:  # weights are read (prompts.py): brackets must pair
+        fields["prompt"]["format"] = "prompt"
+        fields["negative_prompt"]["anyOf"][0]["format"] = "prompt"
     inputs["allOf"] = _fields_that_go_together(limits.controlnet)
     refused = [*(() if limits.controlnet else CONTROLNET_FIELDS), *(() if limits.negative_prompt else NEGATIVE),
                *(() if limits.model_family.clip_prompts else ("clip_skip",))]

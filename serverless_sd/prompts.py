@@ -17,6 +17,7 @@ _WEIGHT = re.compile(r"^(.*):\s*([0-9]*\.?[0-9]+)\s*$", re.DOTALL)
 _COMPEL_WEIGHT_NEXT = re.compile(r"[0-9+-]")
 _CLOSING = {")": "(", "]": "["}
 _SYNTAX = re.compile(r"[()\[\]+]|-(?!\w)")  # what compel might read as syntax; the rest is plain text
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _ESCAPED = re.compile(r"\\([()\[\]+\-\\])")
 
 
@@ -26,6 +27,8 @@ class PromptSyntaxError(ValueError):
 
 def to_compel(prompt: str) -> str:
     """AUTOMATIC1111's attention syntax rewritten as compel's; compel's own syntax and escaped brackets (`\\(`) kept."""
+    # compel's grammar stops at a tab or a form feed; to CLIP's tokenizer they are spaces, as control characters are.
+    prompt = _CONTROL.sub(" ", prompt)
     stack: list[tuple[str, int, list[str]]] = []  # (opening bracket, its position, the text inside so far)
     out: list[str] = []
     i = 0

@@ -1,5 +1,6 @@
-"""Loaded by schemathesis (SCHEMATHESIS_HOOKS=testkit.schemathesis_hooks): data for the app document's "image"
-format, small real images as data URIs, so that schema-valid inputs are images the app can decode."""
+"""Loaded by schemathesis (SCHEMATHESIS_HOOKS=testkit.schemathesis_hooks): data for the app document's own formats,
+so that schema-valid inputs are what the app can read: "image", small real images as data URIs; "prompt", text
+whose brackets pair (AUTOMATIC1111's and compel's weights among it)."""
 
 import base64
 import io
@@ -20,3 +21,14 @@ def _images(draw) -> str:
 
 
 schemathesis.openapi.format("image", _images())
+
+
+_TEXT = st.text(st.characters(blacklist_characters="()[]\\", blacklist_categories=("Cs",)), min_size=1, max_size=12)
+_WEIGHTED = st.one_of(
+    _TEXT,
+    st.builds("({}:{:.2f})".format, _TEXT, st.floats(0, 2)),
+    st.builds("({})".format, _TEXT),
+    st.builds("[{}]".format, _TEXT),
+    st.builds("{}++".format, _TEXT),
+)
+schemathesis.openapi.format("prompt", st.lists(_WEIGHTED, min_size=1, max_size=3).map(" ".join))

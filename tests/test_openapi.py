@@ -46,6 +46,14 @@ def test_schemathesis_against_the_app(limited_app):
     schemathesis(limited_app.url, operations=1)
 
 
+def test_schemathesis_against_a_flux_app(start_app, models):
+    """FLUX.1-schnell's document takes fields away (negative prompts, clip_skip) and bounds guidance at 1."""
+    flux = start_app({"MODEL_ID": str(models["flux"]), "CONTROLNET_ID": str(models["flux_controlnet"]),
+                      "MAX_STEPS": "2", "MAX_SIDE": "128", "MAX_PIXELS": "16384", "MAX_IMAGES": "2",
+                      "MAX_PROMPT_CHARS": "100", "MAX_INPUT_PIXELS": "40000", "MAX_BODY_BYTES": "65536"})
+    schemathesis(flux.url, operations=1)
+
+
 @pytest.fixture(scope="module")
 def gateway(start_gateway, limited_app):
     return start_gateway([limited_app.url])

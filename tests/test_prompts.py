@@ -5,11 +5,14 @@ import numpy as np
 import pytest
 import torch
 from diffusers import AutoPipelineForText2Image
+from hypothesis import given
+from hypothesis import strategies as st
 
 from serverless_sd.pipelines import StableDiffusion
-from serverless_sd.prompts import PromptSyntaxError, to_compel
+from serverless_sd.prompts import PromptSyntaxError, to_compel, weighted
 from serverless_sd.schema import parse
 from serverless_sd.settings import Settings
+from testkit.schemathesis_hooks import _WEIGHTED
 
 FAST = {"num_inference_steps": 3, "seed": 4}
 # The tiny models' tokenizer reads a character per token: this is about 240 tokens, four CLIP chunks.
@@ -37,6 +40,13 @@ def test_a1111_weights_become_compels(a1111, compel):
 def test_brackets_that_do_not_pair_say_where(prompt, message):
     with pytest.raises(PromptSyntaxError, match=message.replace("(", r"\(").replace(")", r"\)")):
         to_compel(prompt)
+
+
+@given(st.lists(_WEIGHTED, min_size=1, max_size=3).map(" ".join))
+def test_any_text_whose_brackets_pair_is_read(prompt):
+    """What the app's document calls a "prompt" (tabs, form feeds and control characters included: compel's own
+    grammar stopped at them)."""
+    weighted(prompt)
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +92,8 @@ def test_a_long_prompt_is_used_whole(sd, plain):
 def test_weights_change_the_image_and_weight_one_is_the_plain_prompt(sd):
     strong = {"guidance_scale": 15}  # the tiny model heeds its prompt little: guidance makes a weight show
     plain = image(sd, prompt="a red cube on a table", **strong)
-    for weighted in ("(a red cube on a table:2)", "a red cube on a (table:0.1)", "a (red)1.6++ cube"):
-        assert differs(plain, image(sd, prompt=weighted, **strong)), weighted
+    for heavier in ("(a red cube on a table:2)", "a red cube on a (table:0.1)", "a (red)1.6++ cube"):
+        assert differs(plain, image(sd, prompt=heavier, **strong)), heavier
     # Through compel at a weight of (almost) one: what diffusers' own encoding gives.
     assert not differs(plain, image(sd, prompt="a (red:1.0001) cube on a table", **strong))
 
