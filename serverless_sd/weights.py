@@ -47,8 +47,9 @@ def _is(filename: str, variant: str | None) -> bool:
 
 def download(model_id: str, models_dir: Path, token: str | None = None, safety_checker: bool = True,
              controlnet: bool = False, drop_t5: bool = False) -> Path:
-    """Fetch only what the pipeline loads (safetensors over .bin/.ckpt, the fp16 variant if any) into models_dir:
-    the folders model_index.json names, never a repo's single-file checkpoints beside them (SD 3.5's and FLUX.1's).
+    """Fetch only what the pipeline loads (safetensors over .bin/.ckpt, the fp16, else bf16, variant if any) into
+    models_dir: the folders model_index.json names, never a repo's single-file checkpoints beside them (SD 3.5's and
+    FLUX.1's).
 
     With safety_checker False the checker's weights are skipped, with drop_t5 SD 3's T5 encoder; a ControlNet repo
     holds one model, not a pipeline.
