@@ -26,18 +26,23 @@ from diffusers import (
     StableDiffusion3Pipeline,
     UNet2DConditionModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
 from bench.common import ROOT, machine
 from serverless_sd.pipelines import StableDiffusion
 from serverless_sd.schema import parse
 from serverless_sd.settings import Settings
-from testkit.model_factory import byte_level_tokenizer, t5_tokenizer
+from testkit.model_factory import (
+    CLIP_L,
+    FLOW_LATENTS,
+    byte_level_tokenizer,
+    sd15_unet,
+    sd_vae,
+    t5_tokenizer,
+    text_encoder_config,
+)
 
-CLIP_L = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
-          "projection_dim": 768, "vocab_size": 49408}
-CLIP_G = {"hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32, "num_attention_heads": 20,
-          "projection_dim": 1280, "vocab_size": 49408, "hidden_act": "gelu"}
+CLIP_G = text_encoder_config(1280, 32, 20, 1280, 49408, hidden_act="gelu")  # OpenCLIP bigG's text encoder
 T5_XXL = {"d_model": 4096, "d_ff": 10240, "d_kv": 64, "num_heads": 64, "num_layers": 24, "vocab_size": 32128,
           "feed_forward_proj": "gated-gelu"}
 SD3_5_MEDIUM = {"sample_size": 128, "patch_size": 2, "in_channels": 16, "num_layers": 24, "attention_head_dim": 64,
@@ -51,19 +56,9 @@ FLUX_1 = {"patch_size": 1, "in_channels": 64, "num_layers": 19, "num_single_laye
           "guidance_embeds": True, "axes_dims_rope": (16, 56, 56)}
 
 
-def vae(latent_channels: int, **extra) -> AutoencoderKL:
-    """SD's autoencoder (4 latent channels), or SD 3's and FLUX.1's (16, shifted and scaled)."""
-    flow = {"shift_factor": 0.0609, "scaling_factor": 1.5305} if latent_channels == 16 else {}
-    return AutoencoderKL(block_out_channels=(128, 256, 512, 512), latent_channels=latent_channels, layers_per_block=2,
-                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                         **flow, **extra)
-
-
-def sd15_unet() -> UNet2DConditionModel:
-    return UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8,
-                                block_out_channels=(320, 640, 1280, 1280),
-                                down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-                                up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+def flow_vae(**extra) -> AutoencoderKL:
+    """SD 3's and FLUX.1's autoencoder: 16 latent channels, shifted and scaled."""
+    return sd_vae(16, **FLOW_LATENTS, **extra)
 
 
 def sdxl_unet() -> UNet2DConditionModel:
@@ -76,20 +71,20 @@ def sdxl_unet() -> UNet2DConditionModel:
 
 
 REFERENCE = {  # family: (checkpoint, {component: builder})
-    "sd": ("stable-diffusion-v1-5", {"unet": sd15_unet, "vae": lambda: vae(4),
-                                     "text_encoder": lambda: CLIPTextModel(CLIPTextConfig(**CLIP_L))}),
+    "sd": ("stable-diffusion-v1-5", {"unet": sd15_unet, "vae": sd_vae,
+                                     "text_encoder": lambda: CLIPTextModel(text_encoder_config(*CLIP_L))}),
     "sdxl": ("stable-diffusion-xl-base-1.0", {
-        "unet": sdxl_unet, "vae": lambda: vae(4), "text_encoder": lambda: CLIPTextModel(CLIPTextConfig(**CLIP_L)),
-        "text_encoder_2": lambda: CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_G))}),
+        "unet": sdxl_unet, "vae": sd_vae, "text_encoder": lambda: CLIPTextModel(text_encoder_config(*CLIP_L)),
+        "text_encoder_2": lambda: CLIPTextModelWithProjection(CLIP_G)}),
     "sd3": ("stable-diffusion-3.5-medium", {
-        "transformer": lambda: SD3Transformer2DModel(**SD3_5_MEDIUM), "vae": lambda: vae(16),
-        "text_encoder": lambda: CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_L)),
-        "text_encoder_2": lambda: CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_G)),
+        "transformer": lambda: SD3Transformer2DModel(**SD3_5_MEDIUM), "vae": flow_vae,
+        "text_encoder": lambda: CLIPTextModelWithProjection(text_encoder_config(*CLIP_L)),
+        "text_encoder_2": lambda: CLIPTextModelWithProjection(CLIP_G),
         "text_encoder_3": lambda: T5EncoderModel(T5Config(**T5_XXL))}),
     "sd3-large": ("stable-diffusion-3.5-large", {"transformer": lambda: SD3Transformer2DModel(**SD3_5_LARGE)}),
     "flux": ("FLUX.1-dev / FLUX.1-schnell", {
-        "transformer": lambda: FluxTransformer2DModel(**FLUX_1), "vae": lambda: vae(16),
-        "text_encoder": lambda: CLIPTextModel(CLIPTextConfig(**CLIP_L)),
+        "transformer": lambda: FluxTransformer2DModel(**FLUX_1), "vae": flow_vae,
+        "text_encoder": lambda: CLIPTextModel(text_encoder_config(*CLIP_L)),
         "text_encoder_2": lambda: T5EncoderModel(T5Config(**T5_XXL))}),
 }
 
@@ -115,14 +110,13 @@ def small_sd3(folder: Path) -> Path:
     """SD 3.5 Medium's widths (transformer, CLIP-L, VAE), 4 transformer layers, small CLIP-G and T5 stand-ins."""
     if not (folder / "model_index.json").exists():
         torch.manual_seed(0)
-        small = {"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
-                 "vocab_size": 49408}
         StableDiffusion3Pipeline(
             transformer=SD3Transformer2DModel(**{**SD3_5_MEDIUM, "num_layers": 4, "dual_attention_layers": (0, 1),
                                                  "joint_attention_dim": 1024, "pooled_projection_dim": 768 + 64}),
-            vae=vae(16), scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-            text_encoder=CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_L)), tokenizer=byte_level_tokenizer(49408),
-            text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**small, projection_dim=64)),
+            vae=flow_vae(), scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+            text_encoder=CLIPTextModelWithProjection(text_encoder_config(*CLIP_L)),
+            tokenizer=byte_level_tokenizer(49408),
+            text_encoder_2=CLIPTextModelWithProjection(text_encoder_config(64, 2, 4, 64, 49408)),
             tokenizer_2=byte_level_tokenizer(49408),
             text_encoder_3=T5EncoderModel(T5Config(d_model=1024, d_ff=1024, d_kv=64, num_heads=4, num_layers=2,
                                                    vocab_size=128)), tokenizer_3=t5_tokenizer(),
@@ -137,10 +131,10 @@ def small_flux(folder: Path) -> Path:
         FluxPipeline(
             transformer=FluxTransformer2DModel(**{**FLUX_1, "num_layers": 2, "num_single_layers": 4,
                                                   "guidance_embeds": False, "joint_attention_dim": 256}),
-            vae=vae(16, use_quant_conv=False, use_post_quant_conv=False),
+            vae=flow_vae(use_quant_conv=False, use_post_quant_conv=False),
             scheduler=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
                                                       base_image_seq_len=256, max_image_seq_len=4096),
-            text_encoder=CLIPTextModel(CLIPTextConfig(**CLIP_L)), tokenizer=byte_level_tokenizer(49408),
+            text_encoder=CLIPTextModel(text_encoder_config(*CLIP_L)), tokenizer=byte_level_tokenizer(49408),
             text_encoder_2=T5EncoderModel(T5Config(d_model=256, d_ff=512, d_kv=64, num_heads=4, num_layers=2,
                                                    vocab_size=128)), tokenizer_2=t5_tokenizer(),
         ).save_pretrained(folder)

@@ -123,11 +123,12 @@ class StableDiffusion:
         # stored (memory-mapped) and are converted once, to bf16 and channels_last together.
         nhwc = device.type == "cpu" and dtype == torch.bfloat16
         stored = weights.stored_dtypes if nhwc else lambda _: {}
+        # Weights go straight to the GPU, no CPU copy first; with CPU_OFFLOAD they stay in CPU memory.
+        placement = "cpu" if settings.cpu_offload else device.type
         pipe = AutoPipelineForText2Image.from_pretrained(
             folder, dtype={"default": dtype, **stored(folder)}, variant=weights.local_variant(folder),
             local_files_only=True, use_safetensors=True,
-            # weights go straight to the GPU, no CPU copy first; with CPU_OFFLOAD they stay in CPU memory
-            device_map="cpu" if settings.cpu_offload else device.type,
+            device_map=placement,
             **left_out,
         )
         controlnet = None
@@ -135,7 +136,7 @@ class StableDiffusion:
             controlnet = getattr(diffusers, family.controlnet).from_pretrained(
                 controlnet_folder, dtype=stored(controlnet_folder).get("", dtype),
                 variant=weights.local_variant(controlnet_folder), local_files_only=True, use_safetensors=True,
-                device_map="cpu" if settings.cpu_offload else device.type)
+                device_map=placement)
         model = cls(pipe, settings, family, controlnet)
         if nhwc:
             model.to(dtype, torch.channels_last)

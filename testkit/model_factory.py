@@ -48,12 +48,16 @@ def byte_level_tokenizer(vocab_size: int = 1000) -> CLIPTokenizer:
     return CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=[], model_max_length=77)
 
 
-def _text_encoder_config(hidden: int, layers: int, heads: int, projection: int, vocab: int) -> CLIPTextConfig:
-    return CLIPTextConfig(
-        bos_token_id=0, eos_token_id=1, pad_token_id=1, vocab_size=vocab, hidden_size=hidden,
-        intermediate_size=hidden * 4, num_attention_heads=heads, num_hidden_layers=layers,
-        projection_dim=projection, max_position_embeddings=77, hidden_act="quick_gelu",
-    )
+def text_encoder_config(hidden: int, layers: int, heads: int, projection: int, vocab: int,
+                        **extra) -> CLIPTextConfig:
+    return CLIPTextConfig(**{
+        "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 1, "vocab_size": vocab, "hidden_size": hidden,
+        "intermediate_size": hidden * 4, "num_attention_heads": heads, "num_hidden_layers": layers,
+        "projection_dim": projection, "max_position_embeddings": 77, "hidden_act": "quick_gelu", **extra})
+
+
+CLIP_L = (768, 12, 12, 768, 49408)  # CLIP ViT-L/14's text encoder (SD 1.x, SDXL, SD 3, FLUX.1): text_encoder_config
+FLOW_LATENTS = {"shift_factor": 0.0609, "scaling_factor": 1.5305}  # SD 3's autoencoder shifts and scales its latents
 
 
 def tiny_unet(**extra) -> UNet2DConditionModel:
@@ -63,10 +67,28 @@ def tiny_unet(**extra) -> UNet2DConditionModel:
         "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"), "cross_attention_dim": 32, **extra})
 
 
-def tiny_vae() -> AutoencoderKL:
+def tiny_vae(latent_channels: int = 4, **extra) -> AutoencoderKL:
     return AutoencoderKL(
-        block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=latent_channels,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, **extra,
+    )
+
+
+def sd15_unet() -> UNet2DConditionModel:
+    """Stable Diffusion 1.5's UNet at its real size (about 0.86 B parameters)."""
+    return UNet2DConditionModel(
+        sample_size=64, cross_attention_dim=768, attention_head_dim=8,
+        block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    )
+
+
+def sd_vae(latent_channels: int = 4, **extra) -> AutoencoderKL:
+    """Stable Diffusion's autoencoder at its real size: 4 latent channels (SD 1.x/2.x, SDXL) or 16 (SD 3, FLUX.1)."""
+    return AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512), latent_channels=latent_channels, layers_per_block=2,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, **extra,
     )
 
 
@@ -79,7 +101,7 @@ def save_tiny_sd(folder: Path, safety_checker: bool = False) -> Path:
     checker, extractor = tiny_safety_checker() if safety_checker else (None, None)
     pipe = StableDiffusionPipeline(
         unet=tiny_unet(), vae=tiny_vae(),
-        text_encoder=CLIPTextModel(_text_encoder_config(32, 2, 4, 32, 1000)), tokenizer=byte_level_tokenizer(),
+        text_encoder=CLIPTextModel(text_encoder_config(32, 2, 4, 32, 1000)), tokenizer=byte_level_tokenizer(),
         scheduler=PNDMScheduler(skip_prk_steps=True), safety_checker=checker, feature_extractor=extractor,
         requires_safety_checker=safety_checker,
     )
@@ -92,7 +114,7 @@ def save_tiny_sd_inpainting(folder: Path) -> Path:
     torch.manual_seed(0)
     pipe = StableDiffusionInpaintPipeline(
         unet=tiny_unet(in_channels=9), vae=tiny_vae(),
-        text_encoder=CLIPTextModel(_text_encoder_config(32, 2, 4, 32, 1000)), tokenizer=byte_level_tokenizer(),
+        text_encoder=CLIPTextModel(text_encoder_config(32, 2, 4, 32, 1000)), tokenizer=byte_level_tokenizer(),
         scheduler=PNDMScheduler(skip_prk_steps=True), safety_checker=None, feature_extractor=None,
         requires_safety_checker=False,
     )
@@ -124,8 +146,8 @@ def save_tiny_sdxl(folder: Path) -> Path:
     )
     pipe = StableDiffusionXLPipeline(
         unet=unet, vae=tiny_vae(), scheduler=EulerDiscreteScheduler(),
-        text_encoder=CLIPTextModel(_text_encoder_config(32, 2, 4, 32, 1000)), tokenizer=byte_level_tokenizer(),
-        text_encoder_2=CLIPTextModelWithProjection(_text_encoder_config(32, 2, 4, 32, 1000)),
+        text_encoder=CLIPTextModel(text_encoder_config(32, 2, 4, 32, 1000)), tokenizer=byte_level_tokenizer(),
+        text_encoder_2=CLIPTextModelWithProjection(text_encoder_config(32, 2, 4, 32, 1000)),
         tokenizer_2=byte_level_tokenizer(),
     )
     pipe.save_pretrained(folder, safe_serialization=True)
@@ -135,17 +157,7 @@ def save_tiny_sdxl(folder: Path) -> Path:
 def save_sd15_sized(folder: Path, dtype: torch.dtype = torch.float16) -> Path:
     """Stable Diffusion 1.5's real architecture (about 1.07 B parameters) with random weights."""
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=64, cross_attention_dim=768, attention_head_dim=8,
-        block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-    )
-    vae = AutoencoderKL(
-        block_out_channels=(128, 256, 512, 512), latent_channels=4, layers_per_block=2, sample_size=512,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-    )
-    text_encoder = CLIPTextModel(_text_encoder_config(768, 12, 12, 768, 49408))
+    unet, vae, text_encoder = sd15_unet(), sd_vae(sample_size=512), CLIPTextModel(text_encoder_config(*CLIP_L))
     pipe = StableDiffusionPipeline(
         unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=byte_level_tokenizer(49408),
         scheduler=PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
@@ -181,10 +193,7 @@ def tiny_t5() -> T5EncoderModel:
 
 def tiny_flow_vae(**extra) -> AutoencoderKL:
     """SD 3's and FLUX.1's autoencoder: 16 latent channels, shifted and scaled latents."""
-    return AutoencoderKL(
-        block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=16,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        shift_factor=0.0609, scaling_factor=1.5035, **extra)
+    return tiny_vae(16, **FLOW_LATENTS, **extra)
 
 
 # Two layers: SD 3's last block reads no ControlNet (it updates the image stream only).
@@ -202,9 +211,9 @@ def save_tiny_sd3(folder: Path) -> Path:
     pipe = StableDiffusion3Pipeline(
         transformer=SD3Transformer2DModel(**SD3_TRANSFORMER), vae=tiny_flow_vae(),
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-        text_encoder=CLIPTextModelWithProjection(_text_encoder_config(32, 2, 4, 32, 1000)),
+        text_encoder=CLIPTextModelWithProjection(text_encoder_config(32, 2, 4, 32, 1000)),
         tokenizer=byte_level_tokenizer(),
-        text_encoder_2=CLIPTextModelWithProjection(_text_encoder_config(32, 2, 4, 32, 1000)),
+        text_encoder_2=CLIPTextModelWithProjection(text_encoder_config(32, 2, 4, 32, 1000)),
         tokenizer_2=byte_level_tokenizer(), text_encoder_3=tiny_t5(), tokenizer_3=t5_tokenizer(),
     )
     pipe.save_pretrained(folder, safe_serialization=True)
@@ -220,7 +229,7 @@ def save_tiny_flux(folder: Path, guidance: bool = False) -> Path:
         vae=tiny_flow_vae(use_quant_conv=False, use_post_quant_conv=False),
         scheduler=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
                                                   base_image_seq_len=256, max_image_seq_len=4096),
-        text_encoder=CLIPTextModel(_text_encoder_config(32, 2, 4, 32, 1000)), tokenizer=byte_level_tokenizer(),
+        text_encoder=CLIPTextModel(text_encoder_config(32, 2, 4, 32, 1000)), tokenizer=byte_level_tokenizer(),
         text_encoder_2=tiny_t5(), tokenizer_2=t5_tokenizer(),
     )
     pipe.save_pretrained(folder, safe_serialization=True)
