@@ -21,9 +21,13 @@ ARG CONTROLNET_ID=
 ARG SAFETY_CHECKER=on
 # DROP_T5=1: an SD 3 model without its T5 encoder (docs/operations.md), neither downloaded nor loaded.
 ARG DROP_T5=0
-ENV MODEL_ID=${MODEL_ID} CONTROLNET_ID=${CONTROLNET_ID} SAFETY_CHECKER=${SAFETY_CHECKER} DROP_T5=${DROP_T5}
+# LoRAs served by name (docs/api.md, "LoRAs"): comma-separated [name=]owner/repo[/file.safetensors].
+ARG LORA_IDS=
+ENV MODEL_ID=${MODEL_ID} CONTROLNET_ID=${CONTROLNET_ID} SAFETY_CHECKER=${SAFETY_CHECKER} DROP_T5=${DROP_T5} \
+    LORA_IDS=${LORA_IDS}
 COPY download.py ./
-COPY serverless_sd/__init__.py serverless_sd/settings.py serverless_sd/weights.py serverless_sd/
+COPY serverless_sd/__init__.py serverless_sd/settings.py serverless_sd/fetching.py serverless_sd/weights.py \
+     serverless_sd/
 # A gated or private model: docker build --secret id=HF_TOKEN,env=HF_TOKEN ...  (a secret, not a build arg:
 # build args stay readable in the image's history).
 RUN --mount=type=secret,id=HF_TOKEN,env=HF_TOKEN python3 download.py

@@ -12,7 +12,8 @@ from serverless_sd.settings import Settings
 
 settings = Settings.from_env()
 app = Potassium("sd-serverless-template", settings,
-                document=lambda context: openapi.app_document(context["model"].limits),
+                documents={"/openapi.json": lambda context: openapi.app_document(context["model"].limits),
+                           "/loras": lambda context: context["model"].loras.listing()},
                 warm_up=lambda context: context["model"].warm_up())
 
 

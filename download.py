@@ -1,4 +1,5 @@
-"""Build step: fetch MODEL_ID's weights (and CONTROLNET_ID's) into MODELS_DIR: at run time nothing is downloaded.
+"""Build step: fetch MODEL_ID's weights (and CONTROLNET_ID's, and LORA_IDS') into MODELS_DIR: at run time nothing is
+downloaded (unless the operator allow-lists hosts for LoRAs, LORA_HOSTS).
 
 The Dockerfile runs `python3 download.py` with the MODEL_ID build argument; run it yourself before `python3 app.py`.
 """
@@ -6,7 +7,7 @@ The Dockerfile runs `python3 download.py` with the MODEL_ID build argument; run 
 import sys
 
 from serverless_sd.settings import Settings
-from serverless_sd.weights import WeightsError, download
+from serverless_sd.weights import WeightsError, download, download_loras
 
 if __name__ == "__main__":
     settings = Settings.from_env()
@@ -18,5 +19,7 @@ if __name__ == "__main__":
         if settings.controlnet_id:
             folder = download(settings.controlnet_id, settings.models_dir, token, controlnet=True)
             print(f"download.py: ControlNet {settings.controlnet_id} is ready in {folder}")
+        for lora in download_loras(settings.lora_ids, settings.loras_folder, settings.models_dir, token):
+            print(f"download.py: LoRA {lora.stem} is ready in {lora}")
     except WeightsError as error:
         sys.exit(f"download.py: {error}")

@@ -55,6 +55,16 @@ def model_inputs(args: argparse.Namespace) -> dict:
     return {name: data_uri(value) if name in IMAGES else value for name, value in inputs.items()}
 
 
+def lora(text: str) -> dict:
+    """--lora pixel-art:0.8, --lora owner/repo, --lora https://host/file.safetensors:0.5"""
+    source, _, scale = text.rpartition(":")
+    try:
+        chosen = {"scale": float(scale)}
+    except ValueError:
+        source, chosen = text, {}
+    return {"url" if source.startswith(("https://", "http://")) else "name": source, **chosen}
+
+
 def data_uri(path: Path) -> str:
     mime = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
     return f"data:{mime.get(path.suffix.lower(), 'image/png')};base64,{base64.b64encode(path.read_bytes()).decode()}"
@@ -100,6 +110,9 @@ def options() -> argparse.ArgumentParser:
     parser.add_argument("--format", dest="output_format", choices=["png", "jpeg", "webp"])
     parser.add_argument("--scheduler", help='e.g. euler_a, dpm++_2m_karras, "DPM++ 2M Karras", lcm, flow_euler')
     parser.add_argument("--clip-skip", dest="clip_skip", type=int, help="AUTOMATIC1111's Clip skip (2: penultimate)")
+    parser.add_argument("--lora", dest="loras", type=lora, action="append",
+                        help="NAME[:SCALE] (repeat for several): a LoRA the deployment has (GET /loras), a hub id or "
+                             "a URL it may fetch")
     parser.add_argument("--image", type=Path, help="img2img: the starting picture (PNG, JPEG or WebP file)")
     parser.add_argument("--mask", dest="mask_image", type=Path, help="inpainting, with --image: white = repaint")
     parser.add_argument("--strength", type=float, help="img2img/inpainting: how much to change (0-1]")

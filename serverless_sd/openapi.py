@@ -10,7 +10,7 @@ where weights are read (the "prompt" format: SD 1.x/2.x and SDXL), and width x h
 from pydantic import BaseModel
 
 from . import schedulers
-from .schema import Answer, ErrorBody, FieldError, GenerateInputs, Limits, aliases, default_values
+from .schema import HUB_ID, Answer, ErrorBody, FieldError, GenerateInputs, Limits, LoraChoice, aliases, default_values
 
 IMAGES = ("image", "mask_image", "control_image")
 CONTROLNET_FIELDS = ("control_image", "controlnet_conditioning_scale")
@@ -46,6 +46,7 @@ def app_document(limits: Limits) -> dict:
     if limits.model_family.clip_prompts:  # weights are read (prompts.py): brackets must pair
         fields["prompt"]["format"] = "prompt"
         fields["negative_prompt"]["anyOf"][0]["format"] = "prompt"
+    fields["loras"] |= {"items": _lora_schema(limits), "maxItems": limits.max_loras if _loras_offered(limits) else 0}
     inputs["allOf"] = _fields_that_go_together(limits.controlnet)
     refused = [*(() if limits.controlnet else CONTROLNET_FIELDS), *(() if limits.negative_prompt else NEGATIVE),
                *(() if limits.model_family.clip_prompts else ("clip_skip",))]
@@ -69,8 +70,29 @@ def app_document(limits: Limits) -> dict:
                              _schema(ErrorBody)),
             },
         }}},
-        "components": {"schemas": {"FieldError": _schema(FieldError)}},
+        "components": {"schemas": {"FieldError": _schema(FieldError), "LoraChoice": _schema(LoraChoice)}},
     }
+
+
+def _loras_offered(limits: Limits) -> bool:
+    return bool(limits.loras or limits.allowed)
+
+
+def _lora_schema(limits: Limits) -> dict:
+    """LoraChoice, inline (the gateway hands modelInputs' schema on to the playground alone), naming what this
+    deployment has: the baked names; hub ids and URLs only where it fetches, from the hosts it allows."""
+    lora = _schema(LoraChoice)
+    name, url = lora["properties"]["name"], lora["properties"]["url"]
+    baked = {"type": "string", "enum": list(limits.loras)}
+    if limits.allowed:
+        name["anyOf"] = [baked, {"type": "string", "pattern": HUB_ID.pattern}]
+        url["anyOf"][0]["pattern"] = limits.allowed.pattern()
+        lora["oneOf"] = [_given("name"), _given("url")]
+    else:
+        name["anyOf"] = [baked]
+        del lora["properties"]["url"]
+        lora["required"] = ["name"]
+    return lora
 
 
 def _given(*names: str) -> dict:

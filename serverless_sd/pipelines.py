@@ -18,6 +18,7 @@ from PIL import Image
 from . import families, images, logs, prompts, schedulers, seeds, weights
 from .cuda_graphs import CudaGraphed
 from .families import Family, FamilyError
+from .loras import Library as LoraLibrary
 from .schema import Answer, GenerateInputs, Limits
 from .settings import Settings
 
@@ -54,7 +55,7 @@ class Generation:
             image_base64=uris[0], images=uris, seed=self.seeds[0], seeds=self.seeds, nsfw=self.nsfw,
             mode=self.inputs.mode, family=self.family, width=width, height=height,
             num_inference_steps=self.inputs.num_inference_steps, guidance_scale=self.inputs.guidance_scale,
-            output_format=self.inputs.output_format,
+            output_format=self.inputs.output_format, loras=self.inputs.loras,
             timings={"inference_ms": round(self.inference_ms, 1),
                      "encode_ms": round((time.perf_counter() - started) * 1000, 1)},
         ).model_dump()
@@ -74,6 +75,7 @@ class StableDiffusion:
         self.offload_device: torch.device | None = None  # CPU_OFFLOAD: the device each model moves to while it runs
         self.offloaded_mode: str | None = None
         self.encoder = prompts.Encoder(pipe) if family.clip_prompts else None  # weights, long prompts, clip_skip
+        self.loras = LoraLibrary(pipe, settings)
         denoiser = family.denoiser_of(pipe)
         # An inpainting checkpoint's UNet also reads the mask and the masked picture (9 channels, not 4): it can
         # only inpaint, and the others modes are refused with a 422 (Limits.inpainting_only).
@@ -94,7 +96,8 @@ class StableDiffusion:
             settings, native_width=native, native_height=native, controlnet="controlnet" in self.modes,
             inpainting_only=inpainting_only, family=family.name, default_steps=model_defaults.steps,
             default_guidance_scale=model_defaults.guidance_scale, guidance=model_defaults.guidance,
-            size_multiple=size_multiple(family, pipe), clip_layers=self.encoder.layers if self.encoder else 0)
+            size_multiple=size_multiple(family, pipe), clip_layers=self.encoder.layers if self.encoder else 0,
+            loras=tuple(self.loras.baked))
 
     @classmethod
     def load(cls, settings: Settings) -> "StableDiffusion":
@@ -189,6 +192,7 @@ class StableDiffusion:
         return True
 
     def generate(self, inputs: GenerateInputs) -> Generation:
+        self.loras.apply(inputs.loras)  # fused into the shared weights: every mode sees them
         width, height = inputs.size(self.limits)
         image_seeds = inputs.seeds()
         pipe = self.modes[inputs.mode]

@@ -1,6 +1,8 @@
 """The app's contract, declared once: modelInputs (every error names its field and says why, in words a caller can
 act on), the answer and the error body. Validation and the OpenAPI document both derive from these models."""
 
+import os
+import re
 import secrets
 from dataclasses import dataclass, fields
 from typing import Annotated, Any, Literal
@@ -19,9 +21,11 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from . import families, images, prompts, schedulers
+from . import families, fetching, images, prompts, schedulers
 
 SEED_LIMIT = 2**64
+HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+(/[\w./-]+\.safetensors)?$")  # owner/repo, or owner/repo/file.safetensors
+HUB = "https://huggingface.co"
 MIN_STRENGTH = 0.01  # one step at this strength takes a 100-step schedule; schedulers stop at 1000
 OPERATOR_LIMITS = {"num_inference_steps": "max_steps", "num_images": "max_images"}  # field -> Limits attribute
 
@@ -47,6 +51,9 @@ class Limits:
     guidance: bool = True  # False: a guidance-distilled model (FLUX.1-schnell, the turbos) takes guidance_scale <= 1
     size_multiple: int = 8  # each side a multiple of it: 16 for SD 3 and FLUX.1 (whole latent patches)
     clip_layers: int = 12  # the layers of the model's shallowest CLIP text encoder (0: not a CLIP-only model)
+    max_loras: int = 4
+    loras: tuple[str, ...] = ()  # the baked LoRAs' names
+    lora_hosts: str = ""  # the hosts LoRAs may be fetched from at run time (fetching.Allowed)
 
     @property
     def flow_matching(self) -> bool:
@@ -64,7 +71,11 @@ class Limits:
     def from_settings(cls, settings: Any, **model: Any) -> "Limits":
         """The operator's bounds as Settings holds them (same names), plus what the loaded model says."""
         bounds = {f.name: getattr(settings, f.name) for f in fields(cls) if f.name.startswith("max_")}
-        return cls(**bounds, **model)
+        return cls(**bounds, lora_hosts=settings.lora_hosts, **model)
+
+    @property
+    def allowed(self) -> fetching.Allowed:
+        return fetching.Allowed.parse(self.lora_hosts)
 
     @property
     def pixel_budget(self) -> int:
@@ -87,6 +98,48 @@ DataUri = Annotated[str, Field(pattern=r"^data:image/(png|jpeg|webp);base64,")]
 # On the wire an image is text; the validator below decodes it.
 InputImage = Annotated[Image.Image, WithJsonSchema({
     "type": "string", "description": "a PNG, JPEG or WebP image: a data:image/...;base64 URI or plain base64"})]
+
+
+class LoraChoice(BaseModel):
+    """One LoRA and its scale: by name (baked into the image, or a hub id fetched at run time) or by URL."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    name: str | None = Field(None, min_length=1, max_length=200, description="a baked LoRA's name (GET /loras "
+                             "lists them), or a hub id fetched at run time: owner/repo[/file.safetensors]")
+    url: str | None = Field(None, min_length=1, max_length=2000, description="a .safetensors file's https:// URL, "
+                            "fetched at run time from the hosts this deployment allows")
+    scale: float = Field(1.0, ge=-4, le=4, allow_inf_nan=False, description="0: as if not sent")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, value: str | None, info: ValidationInfo) -> str | None:
+        limits = _limits(info)
+        if value is None or value in limits.loras:
+            return value
+        baked = ", ".join(limits.loras[:20]) or "none"
+        if "/" not in value:
+            raise ValueError(f"unknown LoRA {value[:60]!r} (this deployment has: {baked})")
+        if not HUB_ID.match(value):
+            raise ValueError("a hub id is owner/repo or owner/repo/file.safetensors")
+        hub = os.environ.get("HF_ENDPOINT", HUB)
+        if limits.allowed.refusal(hub):
+            raise ValueError(f"{value[:60]!r} is neither baked (this deployment has: {baked}) nor fetchable: this "
+                             f"deployment fetches nothing from {hub} (its operator's LORA_HOSTS)")
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _allowed(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and (reason := _limits(info).allowed.refusal(value)):
+            raise ValueError(reason)
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "LoraChoice":
+        if (self.name is None) == (self.url is None):
+            raise _field_error("name", "send either name or url")
+        return self
 
 
 class GenerateInputs(BaseModel):
@@ -115,6 +168,8 @@ class GenerateInputs(BaseModel):
     strength: float = Field(0.8, ge=MIN_STRENGTH, le=1, allow_inf_nan=False)
     control_image: InputImage | None = None
     controlnet_conditioning_scale: float = Field(1.0, ge=0, le=2, allow_inf_nan=False)
+    loras: list[LoraChoice] = Field(default_factory=list, description="LoRAs fused for this request, each at its "
+                                    "scale (at most MAX_LORAS)")
 
     @model_validator(mode="before")
     @classmethod
@@ -178,6 +233,15 @@ class GenerateInputs(BaseModel):
             raise ValueError(f"must be a multiple of {step} (got {value}; try {max(64, round(value / step) * step)})")
         if not 64 <= value <= limits.max_side:
             raise ValueError(f"must be between 64 and {limits.max_side} (got {value})")
+        return value
+
+    @field_validator("loras")
+    @classmethod
+    def _lora_count(cls, value: list[LoraChoice], info: ValidationInfo) -> list[LoraChoice]:
+        limit = _limits(info).max_loras
+        if len(value) > limit:
+            raise ValueError(f"at most {limit} LoRAs per request (got {len(value)})" if limit else
+                             "this deployment takes no LoRAs (its operator's MAX_LORAS is 0)")
         return value
 
     @field_validator("num_inference_steps", "num_images")
@@ -283,6 +347,7 @@ class Answer(BaseModel):
     num_inference_steps: int
     guidance_scale: float
     output_format: OutputFormat
+    loras: list[LoraChoice] = Field(default_factory=list, description="the LoRAs used, as sent")
     timings: dict[str, float] = Field(description="inference_ms, encode_ms, total_ms")
 
 
@@ -335,16 +400,21 @@ def _describe(error: dict) -> tuple[str, str]:
     if kind == "extra_forbidden" and field in aliases():
         return field, f"the same field as {aliases()[field]}: send one of the two"
     if kind == "extra_forbidden":
-        known = ", ".join(sorted(GenerateInputs.model_fields))
+        model = LoraChoice if error["loc"][0] == "loras" else GenerateInputs
+        known = ", ".join(sorted(model.model_fields))
         return field, f"unknown field (known fields: {known})"
     if kind == "missing":
         return field, "required"
     if kind == "pixel_budget":
         return "width, height", error["msg"]
-    if kind == "mode":
-        return error["ctx"]["field"], error["ctx"]["message"]
+    if kind == "mode":  # named by the model validator: a field of the model at loc (loras.0.name)
+        return ".".join([*(str(part) for part in error["loc"]), error["ctx"]["field"]]), error["ctx"]["message"]
     if kind == "literal_error" and isinstance(error.get("input"), str):
         return field, f"{error['msg'][0].lower()}{error['msg'][1:]} (got {error['input'][:20]!r})"
+    if kind == "list_type":  # JSON's word for it
+        return field, f"must be an array (got {_json_type(error.get('input'))})"
+    if kind == "model_type":
+        return field, f"must be an object (got {_json_type(error.get('input'))})"
     if kind in ("int_type", "float_type", "string_type", "bool_type", "literal_error", "int_from_float"):
         return field, f"{error['msg'][0].lower()}{error['msg'][1:]} (got {_json_type(error.get('input'))})"
     message = error["msg"].removeprefix("Value error, ")

@@ -144,15 +144,15 @@ class Potassium(potassium.Potassium):
     busy-waiting main thread cannot starve the loader), its server's start (`_init_server`, after which
     `warm_up(context)` runs on its `_worker_pool`, the thread that serves the requests), its worker's FDRedirect
     (replaced by LinePrefixer) and, inside a RunPod Serverless worker, the handler of "/" (`_endpoints`, handed to
-    the runpod SDK instead of serving HTTP). `document(context)` builds the OpenAPI document once init() has loaded
-    the model.
+    the runpod SDK instead of serving HTTP). `documents` maps GET routes (/openapi.json, /loras) to what builds their
+    JSON from the context once init() has loaded the model.
     """
 
-    def __init__(self, name: str, settings: Settings, document: Callable[[dict], dict],
+    def __init__(self, name: str, settings: Settings, documents: dict[str, Callable[[dict], dict]],
                  warm_up: Callable[[dict], bool] = lambda context: False):
         super().__init__(name)
         self.settings = settings
-        self.document = document
+        self.documents = documents
         self.warm_up = warm_up
         _harden(self._flask_app, settings)
 
@@ -173,9 +173,10 @@ class Potassium(potassium.Potassium):
             return
         self._init_func = lambda: context  # Potassium's own init now returns at once: no busy-wait worth the name
         self._context = context
-        document = self.document(context)
-        self._flask_app.add_url_rule("/openapi.json", "openapi", lambda: _json_response(200, document),
-                                     methods=["GET"])
+        for route, build in self.documents.items():  # what the loaded model says of itself, built once
+            document = build(context)
+            self._flask_app.add_url_rule(route, route, lambda document=document: _json_response(200, document),
+                                         methods=["GET"])
         self._flask_app.add_url_rule("/healthz", "healthz", lambda: _healthz(settings), methods=["GET"])
         super().serve(host=settings.host, port=settings.port)
 

@@ -1,10 +1,13 @@
 """Every environment variable and build argument the app reads, typed and bounded, in one place."""
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+
+from .fetching import Allowed
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,6 +32,17 @@ class Settings(BaseModel):
     default_guidance_scale: float | None = Field(None, ge=0, le=30)
     drop_t5: bool = False  # SD 3 without its T5 text encoder: 9.5 GB less, prompts followed less closely
     cpu_offload: bool = False  # each model onto the GPU only while it runs: the last resort on a small card
+    # LoRAs (loras.py): baked at build from LORA_IDS into LORAS_DIR (default: MODELS_DIR/loras); fetched at run time
+    # only from the hosts LORA_HOSTS lists (fetching.py), into LORA_CACHE_DIR.
+    lora_ids: str = ""
+    loras_dir: Path | None = None
+    max_loras: int = Field(4, ge=0)  # per request; 0: LoRAs off
+    lora_hosts: str = ""
+    max_lora_bytes: int = Field(1 << 30, ge=1024)
+    lora_cache_dir: Path = Path(tempfile.gettempdir()) / "sd-serverless-loras"
+    lora_cache_bytes: int = Field(8 << 30, ge=1024)
+    lora_memory_bytes: int = Field(2 << 30, ge=0)
+    fetch_timeout_s: float = Field(60, gt=0)
     log_prompts: bool = False
     # "plain": image_base64 without its data:image/...;base64, prefix, as the original template's clients decode it.
     image_base64: Literal["data_uri", "plain"] = "data_uri"
@@ -41,6 +55,16 @@ class Settings(BaseModel):
     max_input_pixels: int = Field(4096 * 4096, ge=64 * 64)
     max_image_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+
+    @field_validator("lora_hosts")
+    @classmethod
+    def _allow_list(cls, value: str) -> str:
+        Allowed.parse(value)  # raises, naming the entry
+        return value
+
+    @property
+    def loras_folder(self) -> Path:
+        return self.loras_dir or self.models_dir / "loras"
 
     @classmethod
     def from_env(cls) -> "Settings":

@@ -1,9 +1,11 @@
 """Which files a MODEL_ID needs: one rule for download.py (build time) and the loader (run time)."""
 
+import re
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
-from huggingface_hub import get_cached_repo_tree, model_info, snapshot_download
+from huggingface_hub import get_cached_repo_tree, hf_hub_download, model_info, snapshot_download
 from huggingface_hub.errors import (
     CachedRepoTreeNotFoundError,
     GatedRepoError,
@@ -83,6 +85,59 @@ def download(model_id: str, models_dir: Path, token: str | None = None, safety_c
         if "safetensors" not in str(error):
             raise
         raise WeightsError(f"MODEL_ID {model_id!r} " + SAFETENSORS_ONLY.format(what=" for every component")) from None
+
+
+def download_loras(lora_ids: str, folder: Path, cache_dir: Path, token: str | None = None) -> list[Path]:
+    """LORA_IDS, comma-separated, each `[name=]source`, into folder/<name>.safetensors (what the app serves by
+    name): a source is a local .safetensors file, a hub repo holding one (owner/repo), or one file of a repo
+    (owner/repo/path/file.safetensors). The name defaults to the file's (a repo's: the repo's)."""
+    baked = []
+    for entry in (item.strip() for item in lora_ids.split(",")):
+        if not entry:
+            continue
+        name, _, source = entry.rpartition("=")
+        try:
+            path = _lora_file(source.strip(), cache_dir, token)
+        except GatedRepoError:
+            raise WeightsError(f"LORA_IDS {source!r} is gated: accept its terms on its page, then pass HF_TOKEN") \
+                from None
+        except (RepositoryNotFoundError, HfHubHTTPError, TransportError) as error:
+            raise WeightsError(f"LORA_IDS {source!r} cannot be had: {type(error).__name__}: "
+                               f"{str(error).splitlines()[0] if str(error) else ''}") from None
+        name = name.strip() or (source.split("/")[1] if _is_repo(source) else Path(source).stem)
+        if not LORA_NAME.fullmatch(name):
+            raise WeightsError(f"LORA_IDS: {name!r} cannot name a LoRA (letters, digits, . _ -; write name=source)")
+        folder.mkdir(parents=True, exist_ok=True)
+        baked.append(Path(shutil.copyfile(path, folder / f"{name}.safetensors")))
+    return baked
+
+
+LORA_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def _is_repo(source: str) -> bool:
+    return source.count("/") == 1 and not Path(source).exists()
+
+
+def _lora_file(source: str, cache_dir: Path, token: str | None) -> Path:
+    if Path(source).is_file():
+        if not source.endswith(".safetensors"):
+            raise WeightsError(f"LORA_IDS {source!r}: LoRAs load from .safetensors files only")
+        return Path(source)
+    parts = source.split("/")
+    if len(parts) < 2 or not all(parts):
+        raise WeightsError(f"LORA_IDS {source!r} is neither a file here nor a hub id (owner/repo[/file.safetensors])")
+    repo, file = "/".join(parts[:2]), "/".join(parts[2:])
+    if not file:
+        found = [sibling.rfilename for sibling in model_info(repo, token=token).siblings or []
+                 if sibling.rfilename.endswith(".safetensors") and "/" not in sibling.rfilename]
+        if len(found) != 1:
+            raise WeightsError(f"LORA_IDS {source!r} holds {len(found)} .safetensors files at its top: name one, as "
+                               f"{repo}/<file>.safetensors ({', '.join(found[:8])})")
+        file = found[0]
+    if not file.endswith(".safetensors"):
+        raise WeightsError(f"LORA_IDS {source!r}: LoRAs load from .safetensors files only")
+    return Path(hf_hub_download(repo, file, cache_dir=cache_dir, token=token))
 
 
 def locate(model_id: str, models_dir: Path, safety_checker: bool = True, controlnet: bool = False,

@@ -44,6 +44,10 @@ PLAUSIBLE = {
     "scheduler": st.sampled_from([*schedulers.SCHEDULERS, *schedulers.A1111_NAMES, "DPM++ 2M Karras", "nope"]),
     "image": st.sampled_from(IMAGES), "mask_image": st.sampled_from(IMAGES), "control_image": st.sampled_from(IMAGES),
     "strength": numbers, "controlnet_conditioning_scale": numbers,
+    "loras": st.lists(st.fixed_dictionaries({}, optional={
+        "name": st.sampled_from(["style", "ink", "nope", "owner/repo", ""]) | texts,
+        "url": st.sampled_from(["https://huggingface.co/a/b/resolve/main/c.safetensors", "http://127.0.0.1/x"]),
+        "scale": numbers}), max_size=3),
 }
 # Inputs a careful caller sends (within the tests' tight limits), so that some cases run a generation.
 VALID = {
@@ -52,6 +56,8 @@ VALID = {
     "guidance_scale": st.floats(0, 30), "seed": st.integers(0, 2**64 - 1), "num_images": st.integers(1, 2),
     "output_format": st.sampled_from(["png", "jpeg", "webp"]),
     "scheduler": st.sampled_from([*schedulers.SCHEDULERS, "Euler a", "DPM++ 2M Karras"]),
+    "loras": st.lists(st.fixed_dictionaries({"name": st.sampled_from(["style", "ink"])},
+                                            optional={"scale": st.floats(-4, 4)}), max_size=2),
 }
 
 

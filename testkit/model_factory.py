@@ -262,3 +262,49 @@ if __name__ == "__main__":
 
     folder = save_tiny_sd(Path(sys.argv[1]))
     print(f"model_factory: a tiny model with random weights (its images are noise) in {folder}")
+
+
+# What a tiny LoRA adapts: attention projections everywhere, and a convolution of each UNet (LoCon, as kohya's
+# trainers make).
+LORA_TARGETS = {"unet": ["to_q", "to_k", "to_v", "to_out.0", "conv1"], "transformer": ["to_q", "to_k", "to_v"],
+                "text_encoder": ["q_proj", "k_proj", "v_proj", "out_proj"]}
+
+
+def save_tiny_lora(model_folder: Path, into: Path, seed: int = 0, kohya: bool = False, rank: int = 4,
+                   alpha: float = 8.0, std: float = 0.2) -> Path:
+    """A LoRA with random factors for the tiny model in model_folder, made with PEFT and saved by diffusers'
+    save_lora_weights (PEFT/diffusers format), or in kohya's format (AUTOMATIC1111's). Large enough a change to
+    show in the image."""
+    from diffusers import AutoPipelineForText2Image
+    from peft import LoraConfig, get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    pipe = AutoPipelineForText2Image.from_pretrained(model_folder)
+    layers = {}
+    for name in ("unet", "transformer", "text_encoder"):
+        model = getattr(pipe, name, None)
+        if model is None:
+            continue
+        model.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian",
+                                     target_modules=LORA_TARGETS[name]))
+        for key, parameter in model.named_parameters():
+            if "lora_" in key:
+                torch.nn.init.normal_(parameter, std=std)
+        layers[f"{name}_lora_layers"] = get_peft_model_state_dict(model)
+    into.parent.mkdir(parents=True, exist_ok=True)
+    if not kohya:
+        type(pipe).save_lora_weights(into.parent, weight_name=into.name, **layers)
+        return into
+    # kohya's names: the module's path with "_" for ".", under lora_unet_ and lora_te_ (its text encoder's path as
+    # transformers 4 named it, text_model.encoder...), an alpha beside each pair.
+    kohya_state = {}
+    for key, layer in layers.items():
+        prefix = {"unet_lora_layers": "lora_unet_", "text_encoder_lora_layers": "lora_te_text_model_"}[key]
+        for name, tensor in layer.items():
+            module, _, kind = name.rpartition(".lora_")
+            module = prefix + module.replace(".", "_")
+            kohya_state[f"{module}.lora_{'down' if kind.startswith('A') else 'up'}.weight"] = tensor
+            kohya_state[f"{module}.alpha"] = torch.tensor(alpha)
+    save_file({name: tensor.contiguous() for name, tensor in kohya_state.items()}, into)
+    return into

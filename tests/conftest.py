@@ -86,8 +86,18 @@ def sd_replicas(start_app, models, sd_app) -> list[AppProcess]:
 
 
 @pytest.fixture(scope="session")
-def controlnet_app(start_app, models) -> AppProcess:
-    return start_app({"MODEL_ID": str(models["sd"]), "CONTROLNET_ID": str(models["controlnet"])})
+def baked_loras(models, tmp_path_factory) -> Path:
+    """A LORAS_DIR for the tiny SD model: "style" (PEFT's format) and "ink" (kohya's)."""
+    folder = tmp_path_factory.mktemp("baked-loras")
+    for seed, name in enumerate(("style", "ink")):
+        model_factory.save_tiny_lora(models["sd"], folder / f"{name}.safetensors", seed=seed, kohya=bool(seed))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def controlnet_app(start_app, models, baked_loras) -> AppProcess:
+    return start_app({"MODEL_ID": str(models["sd"]), "CONTROLNET_ID": str(models["controlnet"]),
+                      "LORAS_DIR": str(baked_loras)})
 
 
 @pytest.fixture(scope="session")
@@ -96,9 +106,11 @@ def sdxl_app(start_app, models) -> AppProcess:
 
 
 @pytest.fixture(scope="session")
-def limited_app(start_app, models) -> AppProcess:
+def limited_app(start_app, models, baked_loras) -> AppProcess:
     """Tight limits (2 steps, 128x128 at most), so that whatever passes validation runs in a moment. MAX_SIDE
-    squared is MAX_PIXELS: the per-side bound implies the pixel budget, which JSON Schema cannot state."""
+    squared is MAX_PIXELS: the per-side bound implies the pixel budget, which JSON Schema cannot state. Two baked
+    LoRAs, for the fuzzers to choose."""
     return start_app({"MODEL_ID": str(models["sd"]), "CONTROLNET_ID": str(models["controlnet"]), "MAX_STEPS": "2",
+                      "LORAS_DIR": str(baked_loras), "MAX_LORAS": "2",
                       "MAX_SIDE": "128", "MAX_PIXELS": "16384", "MAX_IMAGES": "2", "MAX_PROMPT_CHARS": "100",
                       "MAX_INPUT_PIXELS": "40000", "MAX_BODY_BYTES": "65536"})

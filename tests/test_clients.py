@@ -93,9 +93,20 @@ def newman(gateway, api_key: str, collection: str = "postman_collection.json") -
 def test_the_postman_collection_runs_green_against_a_default_deployment(default_gateway):
     result = newman(default_gateway, "test-key-0123456789")
     assert result.returncode == 0, result.stdout[-3000:]
-    for name in ("Start (wait for result)", "Start (startOnly)", "Check", "Weighted long prompt, few steps", "Img2img",
-                 "Inpainting"):
+    for name in ("Start (wait for result)", "Start (startOnly)", "Check", "Weighted long prompt, few steps", "LoRAs",
+                 "Img2img", "Inpainting"):
         assert f"→ {name}" in result.stdout
+    assert "POST" not in lora_request(result)  # no LoRA baked: the request is skipped, not failed
+
+
+def test_the_postman_collection_runs_a_lora_where_the_deployment_has_one(gateway):
+    result = newman(gateway, "test-key-0123456789")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "POST" in lora_request(result)
+
+
+def lora_request(result: subprocess.CompletedProcess) -> str:
+    return result.stdout.split("→ With a LoRA", 1)[1].split("→ Img2img")[0]
 
 
 def test_the_controlnet_collection_runs_green_against_a_controlnet_deployment(gateway):

@@ -162,3 +162,41 @@ def test_controlnet_id_is_baked_too_and_served_offline(hub, models, tmp_path, st
 
     answer = app.post({"prompt": "a", "num_inference_steps": 1, "control_image": uri(picture(64, 64))})
     assert answer.status_code == 200 and answer.json()["mode"] == "controlnet"
+
+
+def test_lora_ids_are_baked_by_name_and_served_offline(hub, models, tmp_path):
+    from testkit.model_factory import save_tiny_lora
+
+    loras = tmp_path / "lora-repos"
+    save_tiny_lora(models["sd"], loras / "one" / "pytorch_lora_weights.safetensors", seed=1)
+    save_tiny_lora(models["sd"], loras / "two" / "a.safetensors", seed=2)
+    save_tiny_lora(models["sd"], loras / "two" / "b.safetensors", seed=3)
+    local = save_tiny_lora(models["sd"], loras / "local" / "watercolor.safetensors", seed=4)
+    hub.add("acme/style-lora", loras / "one")
+    hub.add("acme/two-loras", loras / "two")
+    baked = tmp_path / "baked"
+    result = download(hub, "acme/fp32-only", baked,
+                      LORA_IDS=f"acme/style-lora, ink=acme/two-loras/b.safetensors,{local}")
+    assert result.returncode == 0, result.stderr
+    assert "LoRA ink is ready" in result.stdout
+    assert sorted(path.name for path in (baked / "loras").iterdir()) == [
+        "ink.safetensors", "style-lora.safetensors", "watercolor.safetensors"]
+    assert (baked / "loras" / "ink.safetensors").read_bytes() == (loras / "two" / "b.safetensors").read_bytes()
+    model = StableDiffusion.load(Settings(model_id="acme/fp32-only", models_dir=baked, device="cpu"))
+    assert model.loras.listing()["loras"][0] == {"name": "ink", "bytes": (baked / "loras" / "ink.safetensors")
+                                                 .stat().st_size}
+    inputs = {"prompt": "a", "num_inference_steps": 1, "seed": 1}
+    plain = model.generate(parse(inputs, model.limits)).images[0]
+    styled = model.generate(parse({**inputs, "loras": [{"name": "style-lora"}]}, model.limits)).images[0]
+    assert plain.tobytes() != styled.tobytes()
+
+
+@pytest.mark.parametrize("lora_ids, message", [
+    ("acme/two-loras", "holds 2 .safetensors files at its top: name one, as acme/two-loras/<file>.safetensors"),
+    ("acme/nope", "LORA_IDS 'acme/nope' cannot be had: RepositoryNotFoundError"),
+    ("acme/two-loras/a.bin", "LoRAs load from .safetensors files only"),
+    ("bad name=acme/two-loras/a.safetensors", "'bad name' cannot name a LoRA"),
+])
+def test_a_lora_id_that_cannot_be_baked_fails_the_build_saying_why(hub, tmp_path, lora_ids, message):
+    result = download(hub, "acme/fp32-only", tmp_path, LORA_IDS=lora_ids)
+    assert result.returncode != 0 and message in result.stderr, result.stderr

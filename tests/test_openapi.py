@@ -40,6 +40,9 @@ def test_the_apps_document_carries_its_limits(limited_app):
     assert fields["num_inference_steps"]["maximum"] == 2 and fields["prompt"]["maxLength"] == 100
     assert fields["width"]["anyOf"][0] == {"type": "integer", "minimum": 64, "maximum": 128, "multipleOf": 8}
     assert set(document["paths"]["/"]["post"]["responses"]) == {"200", "413", "422", "500"}
+    lora = fields["loras"]["items"]  # the baked names; no URL field where nothing is fetched
+    assert fields["loras"]["maxItems"] == 2 and lora["properties"]["name"]["anyOf"] == [
+        {"type": "string", "enum": ["ink", "style"]}] and "url" not in lora["properties"]
 
 
 def test_schemathesis_against_the_app(limited_app):

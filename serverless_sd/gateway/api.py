@@ -233,6 +233,13 @@ def create_app(config: GatewayConfig) -> FastAPI:
             return JSONResponse({"error": "no replica has answered yet"}, status_code=503)
         return dispatcher.inputs_schema
 
+    @app.get("/loras", include_in_schema=False)
+    async def loras():
+        """The replicas' baked LoRAs (the app's GET /loras), for the playground's picker and any client."""
+        if dispatcher.loras is None:
+            return JSONResponse({"error": "no replica has answered yet"}, status_code=503)
+        return dispatcher.loras
+
     @app.get("/metrics", include_in_schema=False)
     async def metrics(request: Request):
         if refused := unauthorized(request):

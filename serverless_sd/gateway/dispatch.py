@@ -36,6 +36,7 @@ class Dispatcher:
         self.webhooks = webhooks
         self.counts: dict[str, int] = {}  # jobs queued and running, refreshed each second for /metrics
         self.inputs_schema: dict | None = None  # modelInputs as the replicas document them, for the playground
+        self.loras: dict | None = None  # the replicas' GET /loras: their baked LoRAs, for the playground's picker
         self.healthy: dict[str, bool] = {}  # each replica known now: up and idle at its last check
         self._found: dict[str, list[str]] = {}  # each --backend URL's replicas at the last lookup
         self._replicas: dict[str, asyncio.Task] = {}
@@ -155,16 +156,18 @@ class Dispatcher:
             logs.event("backend", backend=url, healthy=healthy)
         self.healthy[url] = healthy
         if healthy and self.inputs_schema is None:
-            self.inputs_schema = await self._inputs_schema(url)
+            self.inputs_schema, self.loras = await self._model_info(url)
         return healthy
 
-    async def _inputs_schema(self, url: str) -> dict | None:
-        """The replica's modelInputs schema, from its OpenAPI document: the one source of the inputs' bounds."""
+    async def _model_info(self, url: str) -> tuple[dict | None, dict | None]:
+        """The replica's modelInputs schema, from its OpenAPI document (the one source of the inputs' bounds), and
+        its LoRAs. Every replica serves the same image: one answer serves for all."""
         try:
             document = (await self._client.get(f"{url}/openapi.json", timeout=10)).json()
-            return document["paths"]["/"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+            loras = (await self._client.get(f"{url}/loras", timeout=10)).raise_for_status().json()
+            return document["paths"]["/"]["post"]["requestBody"]["content"]["application/json"]["schema"], loras
         except (httpx.HTTPError, ValueError, KeyError, TypeError):
-            return None
+            return None, None
 
     async def _run(self, job: Job, url: str) -> None:
         logs.event("job", call_id=job.call_id, state=job.state, backend=url, attempt=job.attempts)

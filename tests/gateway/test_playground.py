@@ -61,6 +61,37 @@ def test_generate_shows_the_image_with_its_seed_and_reuses_it(page, tmp_path):
         page.screenshot(path="images/playground.png", full_page=True)
 
 
+def test_the_lora_picker_offers_the_baked_loras_and_sends_them_with_their_scales(page, gateway):
+    listing = httpx.get(gateway.url + "/loras").json()["loras"]  # the replica's, relayed
+    assert [lora["name"] for lora in listing] == ["ink", "style"] and all(lora["bytes"] > 0 for lora in listing)
+    page.fill("#seed", "3")
+
+    def generate() -> str:
+        page.click("#generate")
+        expect(page.locator("#status")).to_contain_text("done in", timeout=60_000)
+        source = page.get_attribute("#results img", "src")
+        page.evaluate("() => { document.querySelector('#status').textContent = ''; }")
+        return source
+
+    plain = generate()
+    expect(page.locator("#loraPicker")).to_be_visible()
+    page.click("#addLora")
+    assert page.locator("#loraRows select option").all_inner_texts() == ["ink", "style"]
+    page.select_option("#loraRows select", "style")
+    page.fill("#loraRows input", "0.8")
+    styled = generate()
+    assert styled != plain
+    for _ in range(4):  # at most MAX_LORAS rows (4 by default)
+        page.click("#addLora") if page.is_enabled("#addLora") else None
+    expect(page.locator("#loraRows .lora")).to_have_count(4)
+    for _ in range(3):
+        page.locator("#loraRows button", has_text="Remove").last.click()
+    assert generate() == styled  # the same LoRA, the same scale, the same seed
+    page.fill("#loraRows input", "5")
+    page.click("#generate")
+    expect(page.locator('[data-error="loras"]')).to_contain_text("less than or equal to 4", timeout=30_000)
+
+
 def test_an_api_error_shows_next_to_the_field_it_names(page):
     page.fill("#width", "500")
     page.click("#generate")
