@@ -11,7 +11,7 @@ SDKS := 4.0.0 6.3.0
 APP_PORT ?= 8000
 GATEWAY_PORT ?= 8080
 
-.PHONY: setup lint test fuzz loadtest soak serve demo download bench bench-families bench-few-step coldstart clean
+.PHONY: setup lint test fuzz loadtest soak serve demo download bench bench-families bench-few-step bench-loras bench-wheels coldstart clean
 
 setup: $(STAMP)
 
@@ -76,6 +76,17 @@ bench-families: setup
 # Seconds per image at 4 steps against 25, and a weighted long prompt's cost (bench/results/few_step.json).
 bench-few-step: setup
 	$(PY) -m bench.few_step
+
+# The wheels bench/gpu.sh carries to a lent GPU machine (Python 3.12, no network): requirements.txt's packages that a
+# PyTorch CUDA image lacks, without their own dependencies.
+GPU_WHEELS := $(shell grep -E '^(diffusers|transformers|accelerate|safetensors|huggingface-hub|tokenizers|potassium|flask|werkzeug|compel|pyparsing|peft|httpx|runpod)==' requirements.txt)
+bench-wheels: setup
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform any -d bench/wheels $(GPU_WHEELS)
+
+# What a LoRA switch and a fused LoRA cost on this CPU, against plain diffusers' adapters (bench/results/loras.json).
+bench-loras: setup
+	$(PY) -m bench.loras
 
 # Zero to first image: no replica, a job, a scaler on GET /scale starts one (bench/results/cold_start.json).
 coldstart: setup

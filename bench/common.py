@@ -1,5 +1,6 @@
 """What the CPU and GPU benchmarks share: the SD-1.5-sized model, app.py and plain diffusers in their own processes."""
 
+import argparse
 import json
 import os
 import platform
@@ -13,6 +14,15 @@ from pathlib import Path
 from testkit.processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def cpu_arguments(runs: int) -> argparse.Namespace:
+    """The CPU benchmarks' options: --model (the SD-1.5-sized model's folder), --out (results), --runs."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", type=Path, default=ROOT / "bench" / "models" / "sd15-random")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--runs", type=int, default=runs)
+    return parser.parse_args()
 
 
 def sd15_folder(folder: Path) -> Path:

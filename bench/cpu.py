@@ -4,21 +4,15 @@ SD-1.5-sized model with random weights (built once into bench/models/). Prints o
 bench/results/cpu.json.
 """
 
-import argparse
 import json
-from pathlib import Path
 
-from bench.common import ROOT, App, Plain, machine, median, plain_diffusers, sd15_folder
+from bench.common import App, Plain, cpu_arguments, machine, median, plain_diffusers, sd15_folder
 
 SPEED = {"width": 256, "height": 256, "num_inference_steps": 4}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--model", type=Path, default=ROOT / "bench" / "models" / "sd15-random")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    parser.add_argument("--runs", type=int, default=5)
-    args = parser.parse_args()
+    args = cpu_arguments(runs=5)
     model = sd15_folder(args.model)
     r: dict = {"machine": machine()}
 

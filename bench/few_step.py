@@ -10,11 +10,9 @@ pipeline code, 256x256, best of 3, run in turns:
 Writes bench/results/few_step.json and prints it.
 """
 
-import argparse
 import json
-from pathlib import Path
 
-from bench.common import ROOT, machine, sd15_folder
+from bench.common import cpu_arguments, machine, sd15_folder
 from serverless_sd.pipelines import StableDiffusion
 from serverless_sd.schema import parse
 from serverless_sd.settings import Settings
@@ -30,11 +28,7 @@ REQUESTS = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--model", type=Path, default=ROOT / "bench" / "models" / "sd15-random")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    parser.add_argument("--runs", type=int, default=3)
-    args = parser.parse_args()
+    args = cpu_arguments(runs=3)
     model = StableDiffusion.load(Settings(model_id=str(sd15_folder(args.model)), device="cpu"))
     requests = {name: parse({"prompt": "a lighthouse", "width": 256, "height": 256, "seed": 1, **inputs},
                             model.limits) for name, inputs in REQUESTS.items()}

@@ -1,5 +1,6 @@
 """The GPU benchmark, in one device call: plain diffusers fp32 and fp16 against this app's default and COMPILE=1;
-then SD 3's and FLUX.1's transformers under CUDA graphs against eager (tiny models: the path, not the speed).
+then SD 3's and FLUX.1's transformers under CUDA graphs against eager, and a LoRA fused under CUDA graphs and
+under COMPILE=1 (tiny models: the path, not the speed).
 
 SD-1.5-sized model with random weights, 512x512, 50 steps, one image. Run through bench/gpu.sh (which carries the
 wheels the GPU machine lacks). Each figure is printed and written to OUT/gpu.json as soon as it is measured.
@@ -63,6 +64,32 @@ def main() -> None:
     safely("app_compile", lambda: measure_app(model, COMPILE="1"))
     for family in ("sd3", "flux"):  # the transformer's CUDA graphs: the same image as eager, bit for bit
         safely(f"{family}_cuda_graphs_same_image", lambda family=family: family_graphs(family, args.model.parent))
+    safely("lora_under_cuda_graphs_and_compile", lambda: lora_graphs(args.model.parent))
+
+
+def lora_graphs(root: Path) -> dict:
+    """A LoRA fused after the UNet's graph was captured (or compiled) must change the image exactly as in eager
+    mode, and leave nothing once it is gone: eager, CUDA graphs and COMPILE=1 each make the image without, with, and
+    again without the LoRA."""
+    from testkit import model_factory
+
+    folder = model_factory.save_tiny_sd(root / "tiny-sd")
+    model_factory.save_tiny_lora(folder, root / "tiny-loras" / "style.safetensors")
+    images = {}
+    for name, env in (("eager", {"CUDA_GRAPHS": "0"}), ("cuda_graphs", {}), ("compile", {"COMPILE": "1"})):
+        app = App(folder, timeout=600, LORAS_DIR=str(root / "tiny-loras"), **env)
+        try:
+            for _ in range(3):  # captured on the second call, replayed from the third
+                _, before = app.generate(width=256, height=256, num_inference_steps=4, seed=5)
+            _, styled = app.generate(width=256, height=256, num_inference_steps=4, seed=5,
+                                     loras=[{"name": "style", "scale": 0.8}])
+            _, after = app.generate(width=256, height=256, num_inference_steps=4, seed=5)
+        finally:
+            app.stop()
+        images[name] = [hashlib.sha256(a["image_base64"].encode()).hexdigest() for a in (before, styled, after)]
+    return {"lora_changes_the_image": all(h[0] != h[1] for h in images.values()),
+            "restored_bit_for_bit": all(h[0] == h[2] for h in images.values()),
+            "cuda_graphs_same_as_eager": images["cuda_graphs"] == images["eager"], "hashes": images}
 
 
 def family_graphs(family: str, root: Path) -> dict:

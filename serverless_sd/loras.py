@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from . import fetching, logs
-from .schema import InputError, LoraChoice
+from .schema import InputError, LoraChoice, hub_endpoint
 from .settings import Settings
 
 # diffusers' fuse_qkv_projections (COMPILE=1) concatenates these projections into one weight: a LoRA of to_q then
@@ -56,8 +56,8 @@ class Layer:
         down, up = self.down.to(device, torch.float32), self.up.to(device, torch.float32)
         if down.ndim == 2:
             return up @ down
-        if down.shape[2:] == (1, 1):
-            return (up.flatten(1) @ down.flatten(1))[:, :, None, None]
+        if up.shape[2:] == (1, 1):  # kohya's and PEFT's LoCon: a k x k down, a 1 x 1 up: a matrix product
+            return (up.flatten(1) @ down.flatten(1)).reshape(up.shape[0], *down.shape[1:])
         return torch.nn.functional.conv2d(down.permute(1, 0, 2, 3), up).permute(1, 0, 2, 3)
 
 
@@ -131,18 +131,21 @@ class Fuser:
         if wanted == self.fused:
             return False
         self.restore()
-        sums: dict[tuple[str, str], torch.Tensor] = {}
+        targets: dict[tuple[str, str], list[tuple[Layer, float]]] = {}
         for lora, scale in chosen:
             for layer in lora.layers:
-                target = (layer.component, layer.path)
-                weight = self.weight(*target)
-                change = layer.delta(weight.device).reshape(weight.shape) * (layer.scale * scale)
-                sums[target] = sums[target] + change if target in sums else change
-        for target, change in sums.items():
+                targets.setdefault((layer.component, layer.path), []).append((layer, layer.scale * scale))
+        for target, layers in targets.items():
             weight = self.weight(*target)
+            change = None
+            for layer, scale in layers:  # as PEFT merges: W + delta x scale, in float32, each LoRA in turn
+                delta = layer.delta(weight.device).reshape(weight.shape)
+                change = delta.mul_(scale) if change is None else change.add_(delta.mul_(scale))
+            if weight.dim() == 4 and weight.is_contiguous(memory_format=torch.channels_last):
+                change = change.contiguous(memory_format=torch.channels_last)  # the sum below runs 3x faster
             if target not in self.saved:
                 self.saved[target] = weight.to("cpu", copy=True)
-            weight.copy_((weight.float() + change).to(weight.dtype))
+            weight.copy_(change.add_(weight))
             self.touched.add(target)
         self.fused = wanted
         return True
@@ -224,7 +227,7 @@ class Library:
 
     def _hub_url(self, hub_id: str) -> str:
         """owner/repo/file.safetensors, or owner/repo holding one .safetensors file, as the hub serves it."""
-        hub = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+        hub = hub_endpoint()
         owner, name, *file = hub_id.split("/", 2)
         repo, file = f"{owner}/{name}", file[0] if file else ""
         if not file:

@@ -25,9 +25,13 @@ from . import families, fetching, images, prompts, schedulers
 
 SEED_LIMIT = 2**64
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+(/[\w./-]+\.safetensors)?$")  # owner/repo, or owner/repo/file.safetensors
-HUB = "https://huggingface.co"
 MIN_STRENGTH = 0.01  # one step at this strength takes a 100-step schedule; schedulers stop at 1000
 OPERATOR_LIMITS = {"num_inference_steps": "max_steps", "num_images": "max_images"}  # field -> Limits attribute
+
+
+def hub_endpoint() -> str:
+    """Where hub ids are fetched from at run time: Hugging Face, or the mirror HF_ENDPOINT names."""
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
 
 
 @dataclass(frozen=True)
@@ -122,7 +126,7 @@ class LoraChoice(BaseModel):
             raise ValueError(f"unknown LoRA {value[:60]!r} (this deployment has: {baked})")
         if not HUB_ID.match(value):
             raise ValueError("a hub id is owner/repo or owner/repo/file.safetensors")
-        hub = os.environ.get("HF_ENDPOINT", HUB)
+        hub = hub_endpoint()
         if limits.allowed.refusal(hub):
             raise ValueError(f"{value[:60]!r} is neither baked (this deployment has: {baked}) nor fetchable: this "
                              f"deployment fetches nothing from {hub} (its operator's LORA_HOSTS)")

@@ -11,6 +11,7 @@ the rest.
 
 import base64
 import json
+import re
 import time
 from typing import Annotated, Literal
 
@@ -26,6 +27,17 @@ PARAMS = {"prompt": "prompt", "negative_prompt": "negative_prompt", "num_inferen
           "guidance_scale": "cfg_scale", "width": "width", "height": "height", "width, height": "width",
           "num_images": "batch_size", "seed": "seed", "scheduler": "sampler_name", "image": "init_images",
           "mask_image": "mask", "strength": "denoising_strength", "clip_skip": "override_settings"}
+# A1111's LoRA syntax in the prompt: <lora:name:scale> (a second number, the text encoder's own scale in some
+# forks, is not told apart: the first is taken).
+LORA_TAG = re.compile(r"<lora:([^:<>]+)(?::(-?\d+(?:\.\d+)?))?(?::-?\d+(?:\.\d+)?)?>")
+
+
+def lora_tags(prompt: str) -> tuple[str, list[dict]]:
+    """The prompt without its <lora:...> tags, and the LoRAs they name, with their scales (1 when not written)."""
+    loras = [{"name": name.strip(), "scale": float(scale) if scale else 1.0}
+             for name, scale in LORA_TAG.findall(prompt)]
+    text = re.sub(r"\s*,(?:\s*,)+", ",", LORA_TAG.sub("", prompt)).strip(" ,\t\n")  # no commas left alone
+    return text or prompt, loras
 
 
 class Txt2Img(BaseModel):
@@ -128,7 +140,7 @@ def error_response(refused: Refused) -> JSONResponse:
     if refused.status == 401:
         return JSONResponse({"detail": refused.message}, status_code=401, headers={"WWW-Authenticate": "Basic"})
     if refused.status == 400:  # a wrong input: 422, as A1111's validation answers
-        field = PARAMS.get(refused.field, refused.field)
+        field = "prompt" if refused.field.startswith("loras") else PARAMS.get(refused.field, refused.field)
         return JSONResponse({"detail": [{"loc": ["body", field], "msg": refused.message, "type": "value_error"}]},
                             status_code=422)
     return JSONResponse({"error": "HTTPException", "detail": refused.message, "body": "", "errors": refused.message},
@@ -154,8 +166,9 @@ def router(generations: Generations, authorized, model_name: str) -> APIRouter:
         return key
 
     async def generate(request: Request, body: Txt2Img, key: str, inputs: dict) -> Generated:
-        inputs |= {"prompt": body.prompt, "width": body.width, "height": body.height,
-                   "num_images": body.batch_size * body.n_iter}
+        prompt, loras = lora_tags(body.prompt)
+        inputs |= {"prompt": prompt, "width": body.width, "height": body.height,
+                   "num_images": body.batch_size * body.n_iter, **({"loras": loras} if loras else {})}
         if body.negative_prompt:
             inputs["negative_prompt"] = body.negative_prompt
         if body.steps is not None:

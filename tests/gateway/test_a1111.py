@@ -11,6 +11,7 @@ import pytest
 import webuiapi
 from PIL import Image
 
+from serverless_sd.gateway.a1111 import lora_tags
 from testkit.processes import TEST_KEY
 
 FAST = {"prompt": "a lighthouse", "width": 64, "height": 64, "steps": 2}
@@ -51,6 +52,18 @@ def test_clip_skip_as_a1111_clients_set_it(api):
     plain = api.txt2img(**FAST, seed=3).image.tobytes()
     assert api.txt2img(**FAST, seed=3, override_settings={"CLIP_stop_at_last_layers": 1}).image.tobytes() == plain
     assert api.txt2img(**FAST, seed=3, override_settings={"CLIP_stop_at_last_layers": 2}).image.tobytes() != plain
+
+
+@pytest.mark.parametrize("prompt, text, loras", [
+    ("a lighthouse <lora:pixel-art:0.8>", "a lighthouse", [{"name": "pixel-art", "scale": 0.8}]),
+    ("<lora:ink>, a lighthouse, <lora:style:-0.5:0.3>", "a lighthouse",
+     [{"name": "ink", "scale": 1.0}, {"name": "style", "scale": -0.5}]),
+    ("a <lighthouse>", "a <lighthouse>", []),
+    ("a, <lora:x:1>, lighthouse", "a, lighthouse", [{"name": "x", "scale": 1.0}]),
+    ("<lora:only:1>", "<lora:only:1>", [{"name": "only", "scale": 1.0}]),  # nothing else: the prompt stays
+])
+def test_a1111s_lora_tags_become_loras(prompt, text, loras):
+    assert lora_tags(prompt) == (text, loras)
 
 
 def test_img2img_and_inpainting(api):
@@ -103,6 +116,7 @@ def test_a_wrong_key_is_refused(gateway):
     ({"enable_hr": True}, "enable_hr", "Input should be False"),
     ({"prompt": ""}, "prompt", "at least 1 character"),
     ({"cfg_scale": "high"}, "cfg_scale", "valid number"),
+    ({"prompt": "a lighthouse <lora:nope:0.5>"}, "prompt", "loras.0.name: unknown LoRA 'nope'"),
 ])
 def test_a_bad_input_is_a1111s_422_naming_the_field(api, inputs, field, words):
     with pytest.raises(RuntimeError) as raised:
