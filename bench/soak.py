@@ -1,8 +1,9 @@
 """make soak: what a replica and a gateway meet in a month, compressed; fails on growth or on any job lost.
 
-1. One replica (app.py, the tests' tiny model) under `ulimit -n 256`: 2,000 requests in a row. Open files and
-   RSS are sampled; after the warm-up they must stay flat (Potassium 0.5.0 leaked 4 files a request and died at
-   request 59 under this limit).
+1. One replica (app.py, the tests' tiny model) under `ulimit -n 256`: 2,000 requests in a row, with LoRAs fused
+   and restored in turns and every tenth one fetched from a local server (the caches bounded so that it is fetched
+   again each time). Open files and RSS are sampled; after the warm-up they must stay flat (Potassium 0.5.0 leaked
+   4 files a request and died at request 59 under this limit).
 2. The gateway on Redis with two replicas, all under `ulimit -n 256`: after a warm-up round (a tenth as many jobs,
    checked the same way), 2,000 startOnly jobs from 20 clients, every
    result kept for RESULT_TTL_S, so the store fills and empties by its own TTLs as it would in production. Every job
@@ -26,6 +27,7 @@ import redis as redis_client
 
 from bench.loadtest import run_load, verdict
 from testkit import model_factory
+from testkit.file_server import FileServer
 from testkit.processes import TEST_KEY, AppProcess, GatewayProcess, RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,14 +40,26 @@ REDIS_GROWTH_MB = 8  # once results expired: the small job records (tombstones) 
 
 
 def replica_soak(tmp: Path, model: Path, requests: int) -> dict:
-    app = AppProcess(tmp, {"MODEL_ID": str(model)}, nofile=NOFILE).wait_ready()
+    # LoRAs in the mix: two baked ones fused and restored in turns, and every tenth request one of two fetched from a
+    # local server, the caches bounded so that each of those is fetched and read again (sockets, files, memory).
+    loras, served = tmp / "loras", tmp / "served-loras"
+    for seed, (folder, name) in enumerate(((loras, "style"), (loras, "ink"), (served, "u0"), (served, "u1"))):
+        model_factory.save_tiny_lora(model, folder / f"{name}.safetensors", seed=seed)
+    server = FileServer(served)
+    host = server.url
+    app = AppProcess(tmp, {"MODEL_ID": str(model), "LORAS_DIR": str(loras), "LORA_HOSTS": host,
+                           "LORA_CACHE_DIR": str(tmp / "lora-cache"), "LORA_CACHE_BYTES": "300000",
+                           "LORA_MEMORY_BYTES": "750000"}, nofile=NOFILE).wait_ready()
+    mix = [[], [{"name": "style"}], [{"name": "style", "scale": 0.5}, {"name": "ink"}], [{"name": "ink"}], []]
     process = psutil.Process(app.proc.pid)
     samples = []
     warm_up = min(200, requests // 4)
     try:
         with httpx.Client(base_url=app.url, timeout=60) as http:
             for i in range(1, requests + 1):
-                response = http.post("/", json={"prompt": "a lighthouse", "num_inference_steps": 1, "seed": i})
+                chosen = [{"url": f"{host}/u{i // 10 % 2}.safetensors"}] if i % 10 == 0 else mix[i % len(mix)]
+                response = http.post("/", json={"prompt": "a lighthouse", "num_inference_steps": 1, "seed": i,
+                                                 "loras": chosen})
                 if response.status_code != 200:
                     return {"requests": requests, "failed_at": i, "status": response.status_code, "ok": False}
                 if i == warm_up or i % 100 == 0 or i == requests:
@@ -54,6 +68,8 @@ def replica_soak(tmp: Path, model: Path, requests: int) -> dict:
             healthy = http.get("/healthz").status_code == 200
     finally:
         app.stop()
+        server.close()
+    fetched = len(app.events("lora_fetched"))
     settled = next(s for s in samples if s["request"] == warm_up)
     end = samples[-1]
     problems = []
@@ -63,7 +79,10 @@ def replica_soak(tmp: Path, model: Path, requests: int) -> dict:
         problems.append(f"RSS grew from {settled['rss_mb']} to {end['rss_mb']} MB")
     if not healthy:
         problems.append("/healthz failed at the end")
-    return {"requests": requests, "nofile": NOFILE, "samples": samples, "problems": problems, "ok": not problems}
+    if fetched < requests // 10:
+        problems.append(f"the fetched LoRAs were fetched {fetched} times, not each time (the caches' bounds)")
+    return {"requests": requests, "nofile": NOFILE, "lora_fetches": fetched, "samples": samples, "problems": problems,
+            "ok": not problems}
 
 
 def gateway_soak(tmp: Path, model: Path, jobs: int, clients: int) -> dict:

@@ -35,11 +35,19 @@ def decode(value: str, max_bytes: int, max_pixels: int) -> Image.Image:
         raise ValueError(f"larger than {max_bytes} bytes")
     try:
         raw = base64.b64decode(payload, validate=True)
+    except ValueError:
+        raise ValueError("not a base64-encoded PNG, JPEG or WebP image") from None
+    return from_bytes(raw, max_pixels, "not a base64-encoded PNG, JPEG or WebP image")
+
+
+def from_bytes(raw: bytes, max_pixels: int, unreadable: str = "not a PNG, JPEG or WebP image") -> Image.Image:
+    """A PNG, JPEG or WebP file's bytes as an image, its declared size bounded before any pixel is decoded."""
+    try:
         image = Image.open(io.BytesIO(raw), formats=ACCEPTED_FORMATS)
     except Image.DecompressionBombError:  # Pillow's own bound, far above ours, refused at open
         raise ValueError(f"declares more than {max_pixels} pixels") from None
     except (ValueError, UnidentifiedImageError):
-        raise ValueError("not a base64-encoded PNG, JPEG or WebP image") from None
+        raise ValueError(unreadable) from None
     width, height = image.size
     if width * height > max_pixels:
         raise ValueError(f"declares {width}x{height}, more than {max_pixels} pixels")

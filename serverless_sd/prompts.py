@@ -59,6 +59,9 @@ def to_compel(prompt: str) -> str:
 
 
 def _group(inside: str, closing: str, after: str) -> str:
+    text = _WEIGHT.sub(r"\1", inside)
+    if not text.strip():
+        return text  # a weight on nothing, "( :1.2)": compel fails on an empty fragment, and there is no text to weigh
     if closing == "]":
         return f"({inside})0.9091"  # A1111: divided by 1.1
     if after and _COMPEL_WEIGHT_NEXT.match(after):

@@ -58,6 +58,8 @@ class Limits:
     max_loras: int = 4
     loras: tuple[str, ...] = ()  # the baked LoRAs' names
     lora_hosts: str = ""  # the hosts LoRAs may be fetched from at run time (fetching.Allowed)
+    image_hosts: str = ""  # the hosts input images may be fetched from, by URL
+    image_fetch_timeout_s: float = 10
 
     @property
     def flow_matching(self) -> bool:
@@ -75,7 +77,8 @@ class Limits:
     def from_settings(cls, settings: Any, **model: Any) -> "Limits":
         """The operator's bounds as Settings holds them (same names), plus what the loaded model says."""
         bounds = {f.name: getattr(settings, f.name) for f in fields(cls) if f.name.startswith("max_")}
-        return cls(**bounds, lora_hosts=settings.lora_hosts, **model)
+        return cls(**bounds, lora_hosts=settings.lora_hosts, image_hosts=settings.image_hosts,
+                   image_fetch_timeout_s=settings.image_fetch_timeout_s, **model)
 
     @property
     def allowed(self) -> fetching.Allowed:
@@ -101,7 +104,8 @@ DataUri = Annotated[str, Field(pattern=r"^data:image/(png|jpeg|webp);base64,")]
 
 # On the wire an image is text; the validator below decodes it.
 InputImage = Annotated[Image.Image, WithJsonSchema({
-    "type": "string", "description": "a PNG, JPEG or WebP image: a data:image/...;base64 URI or plain base64"})]
+    "type": "string", "description": "a PNG, JPEG or WebP image: a data:image/...;base64 URI, plain base64, or an "
+                                     "https:// URL on a host the deployment allows (IMAGE_HOSTS)"})]
 
 
 class LoraChoice(BaseModel):
@@ -196,8 +200,12 @@ class GenerateInputs(BaseModel):
         if value is None:
             return None
         if not isinstance(value, str):
-            raise ValueError(f"must be a base64 string or data URI (got {_json_type(value)})")
+            raise ValueError(f"must be a base64 string, a data URI or a URL (got {_json_type(value)})")
         limits = _limits(info)
+        if value.startswith(("https://", "http://")):  # fetched now, from the hosts IMAGE_HOSTS lists only
+            allowed = fetching.Allowed.parse(limits.image_hosts)
+            raw = fetching.fetch_bytes(value, allowed, limits.max_image_bytes, limits.image_fetch_timeout_s)
+            return images.from_bytes(raw, limits.max_input_pixels)
         return images.decode(value, limits.max_image_bytes, limits.max_input_pixels)
 
     @field_validator("scheduler")

@@ -43,6 +43,9 @@ class Settings(BaseModel):
     lora_cache_bytes: int = Field(8 << 30, ge=1024)
     lora_memory_bytes: int = Field(2 << 30, ge=0)
     fetch_timeout_s: float = Field(60, gt=0)
+    # Input images by URL (image, mask_image, control_image): fetched only from the hosts IMAGE_HOSTS lists.
+    image_hosts: str = ""
+    image_fetch_timeout_s: float = Field(10, gt=0)
     log_prompts: bool = False
     # "plain": image_base64 without its data:image/...;base64, prefix, as the original template's clients decode it.
     image_base64: Literal["data_uri", "plain"] = "data_uri"
@@ -56,7 +59,7 @@ class Settings(BaseModel):
     max_image_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
 
-    @field_validator("lora_hosts")
+    @field_validator("lora_hosts", "image_hosts")
     @classmethod
     def _allow_list(cls, value: str) -> str:
         Allowed.parse(value)  # raises, naming the entry

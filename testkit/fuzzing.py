@@ -25,7 +25,8 @@ json_values = st.recursive(
 # A few real images (small, large-declared, odd formats) and strings that only look like them.
 IMAGES = [uri(picture(64, 64)), uri(picture(72, 64), "JPEG"), uri(picture(64, 64), "WEBP", data_uri=False),
           uri(mask(64, 64)), uri(picture(200, 200)), "data:image/png;base64,", "data:image/gif;base64,R0lGOD",
-          "aGVsbG8=", "data:,hello", "data:image/png;base64," + "A" * 5000]
+          "aGVsbG8=", "data:,hello", "data:image/png;base64," + "A" * 5000,
+          "https://example.com/a.png", "http://127.0.0.1:9/a.png", "https://169.254.169.254/latest/meta-data"]
 
 
 def inputs_for(fields: dict) -> st.SearchStrategy[dict]:

@@ -7,6 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from serverless_sd.pipelines import StableDiffusion
+from serverless_sd.schema import InputError, parse
+from serverless_sd.settings import Settings
+from testkit.file_server import FileServer
+
 from test_app import decode, generate, pixels
 
 FAST = {"prompt": "a lighthouse", "num_inference_steps": 4, "seed": 7}
@@ -162,3 +167,35 @@ def test_bad_mode_inputs_are_422_naming_the_field(sd_app, inputs, field, why):
 def test_sdxl_img2img(sdxl_app):
     answer = generate(sdxl_app, **FAST, image=uri(picture()))
     assert answer["mode"] == "img2img" and decode(answer["image_base64"]).size == (96, 80)
+
+
+@pytest.fixture(scope="module")
+def image_server(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("served-images")
+    picture(96, 80).save(folder / "in.png")
+    mask(96, 80).save(folder / "mask.png")
+    picture(600, 600).save(folder / "large.png")  # about 1 MB: over the bound below
+    (folder / "not-an-image.png").write_bytes(b"<html>a login page</html>")
+    server = FileServer(folder)
+    yield server
+    server.close()
+
+
+def test_input_images_by_url_from_allowed_hosts_only(models, image_server):
+    """image, mask_image and control_image may be URLs, fetched with the bounds of base64 images, from the hosts
+    IMAGE_HOSTS lists (fetching.py: no other host, no address inside the network unless listed as such)."""
+    model = StableDiffusion.load(Settings(model_id=str(models["sd"]), device="cpu", image_hosts=image_server.url,
+                                          max_image_bytes=500_000))
+    inputs = {"prompt": "a", "num_inference_steps": 2, "seed": 1}
+    by_url = {**inputs, "image": f"{image_server.url}/in.png", "mask_image": f"{image_server.url}/mask.png"}
+    by_value = {**inputs, "image": uri(picture(96, 80)), "mask_image": uri(mask(96, 80))}
+    assert model.generate(parse(by_url, model.limits)).images[0].tobytes() == \
+        model.generate(parse(by_value, model.limits)).images[0].tobytes()
+    for url, message in ((f"{image_server.url}/missing.png", "answered HTTP 404"),
+                         (f"{image_server.url}/not-an-image.png", "not a PNG, JPEG or WebP image"),
+                         (f"{image_server.url}/large.png", "over the limit of 500000"),
+                         ("https://example.com/in.png", "its host 'example.com' is not one this deployment fetches"),
+                         ("file:///etc/passwd", "not a base64-encoded PNG, JPEG or WebP image")):
+        with pytest.raises(InputError) as refused:
+            parse({**inputs, "image": uri(picture(96, 80)), "mask_image": url}, model.limits)
+        assert refused.value.errors[0][0] == "mask_image" and message in refused.value.errors[0][1], refused.value

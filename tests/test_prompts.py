@@ -27,6 +27,7 @@ LONG = "a lighthouse on a cliff at dusk, " * 9
     ("a (cat)1.3 and a dog++", "a (cat)1.3 and a dog++"),  # compel's own syntax is kept
     ("a \\(cat\\)", "a \\(cat\\)"),  # escaped: the characters themselves
     ("well-known art", "well-known art"),
+    ("a ( :1.5) b", "a   b"),  # a weight on nothing is nothing (compel failed on the empty fragment)
 ])
 def test_a1111_weights_become_compels(a1111, compel):
     assert to_compel(a1111) == compel
@@ -69,6 +70,12 @@ def image(model: StableDiffusion, **inputs) -> np.ndarray:
 
 def differs(a: np.ndarray, b: np.ndarray) -> bool:
     return np.abs(a - b).mean() > 0.5
+
+
+@pytest.mark.parametrize("prompt", ["(\x87:1.2)", "( )", "[ ]", "(( ))", "a ( :1.5) b"])
+def test_weights_on_nothing_encode(sd, prompt):
+    """Found by schemathesis: a weighted group of nothing CLIP reads ("(\x87:0.00)") was a 500 from compel."""
+    assert image(sd, prompt=prompt).shape == (64, 64, 3)
 
 
 def test_ordinary_prompts_go_to_diffusers_as_text(sd):
