@@ -120,7 +120,7 @@ class Fuser:
     def __init__(self, pipe):
         self.pipe = pipe
         self.saved: dict[tuple[str, str], torch.Tensor] = {}  # the model's own weights, copied before first change
-        self.fused: tuple = ()  # (key, scale) of each LoRA fused now
+        self.fused: tuple | None = ()  # (key, scale) of each LoRA fused now
         self.touched: set[tuple[str, str]] = set()
 
     @torch.no_grad()
@@ -131,6 +131,7 @@ class Fuser:
         if wanted == self.fused:
             return False
         self.restore()
+        self.fused = None  # until the whole set is in: a failure half-way is restored by the next request
         targets: dict[tuple[str, str], list[tuple[Layer, float]]] = {}
         for lora, scale in chosen:
             for layer in lora.layers:

@@ -11,7 +11,7 @@ from diffusers import AutoPipelineForText2Image
 from safetensors.torch import save_file
 
 from serverless_sd.images import to_data_uri
-from serverless_sd.loras import Fuser, Library, Reader
+from serverless_sd.loras import Fuser, Layer, Library, Reader
 from serverless_sd.pipelines import StableDiffusion
 from serverless_sd.schema import Limits, LoraChoice, parse
 from serverless_sd.settings import Settings
@@ -85,6 +85,30 @@ def test_a_lora_changes_the_image_and_leaves_nothing_behind(models, baked):
     plain = np.asarray(model.generate(parse(img2img, model.limits)).images[0])
     lora = np.asarray(model.generate(parse({**img2img, "loras": [{"name": "style"}]}, model.limits)).images[0])
     assert not np.array_equal(plain, lora)
+
+
+def test_a_fuse_that_fails_half_way_is_undone_by_the_next_request(models, baked, monkeypatch):
+    """Out of memory on the tenth layer, say: the next request, with or without LoRAs, starts from the model's own
+    weights."""
+    pipe = AutoPipelineForText2Image.from_pretrained(models["sd"])
+    original = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    fuser = Fuser(pipe)
+    lora = Reader(pipe).read(baked / "style.safetensors", "style")
+    calls, real = [], Layer.delta
+
+    def failing(layer, device):
+        calls.append(layer)
+        if len(calls) == 10:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return real(layer, device)
+
+    monkeypatch.setattr(Layer, "delta", failing)
+    with pytest.raises(torch.OutOfMemoryError):
+        fuser.apply([(lora, 1.0)])
+    monkeypatch.undo()
+    assert any(not torch.equal(v, original[k]) for k, v in pipe.unet.state_dict().items())  # half-way
+    assert fuser.apply([])
+    assert all(torch.equal(v, original[k]) for k, v in pipe.unet.state_dict().items())
 
 
 def test_compiled_model_takes_a_lora_without_recompiling(models, baked):

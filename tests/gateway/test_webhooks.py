@@ -95,7 +95,7 @@ def test_a_failed_job_is_posted_too(gateway, receiver):
     ("file:///etc/passwd", "error: webhook: must be an http(s) URL"),
     ("http://[::1/hook", "error: webhook: not a valid URL"),
     (f"http://user:pw@127.0.0.1:{RECEIVER_PORT}/hook", "error: webhook: must be an http(s) URL without credentials"),
-])
+], ids=["metadata", "unlisted-port", "listed-host-other-port", "default-port", "file", "invalid", "credentials"])
 def test_a_webhook_to_a_host_not_allowed_is_refused_at_start(gateway, url, message):
     answer = gateway.start_job(FAST, webhook=url)
     assert answer["message"].startswith(message) and "callID" not in answer
