@@ -75,7 +75,7 @@ def app_document(limits: Limits) -> dict:
 
 
 def _loras_offered(limits: Limits) -> bool:
-    return bool(limits.loras or limits.allowed)
+    return bool(limits.loras or limits.lora_allowed)
 
 
 def _lora_schema(limits: Limits) -> dict:
@@ -84,9 +84,9 @@ def _lora_schema(limits: Limits) -> dict:
     lora = _schema(LoraChoice)
     name, url = lora["properties"]["name"], lora["properties"]["url"]
     baked = {"type": "string", "enum": list(limits.loras)}
-    if limits.allowed:
+    if limits.lora_allowed:
         name["anyOf"] = [baked, {"type": "string", "pattern": HUB_ID.pattern}]
-        url["anyOf"][0]["pattern"] = limits.allowed.pattern()
+        url["anyOf"][0]["pattern"] = limits.lora_allowed.pattern()
         lora["oneOf"] = [_given("name"), _given("url")]
     else:
         name["anyOf"] = [baked]

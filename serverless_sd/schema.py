@@ -81,8 +81,12 @@ class Limits:
                    image_fetch_timeout_s=settings.image_fetch_timeout_s, **model)
 
     @property
-    def allowed(self) -> fetching.Allowed:
+    def lora_allowed(self) -> fetching.Allowed:
         return fetching.Allowed.parse(self.lora_hosts)
+
+    @property
+    def image_allowed(self) -> fetching.Allowed:
+        return fetching.Allowed.parse(self.image_hosts)
 
     @property
     def pixel_budget(self) -> int:
@@ -131,7 +135,7 @@ class LoraChoice(BaseModel):
         if not HUB_ID.match(value):
             raise ValueError("a hub id is owner/repo or owner/repo/file.safetensors")
         hub = hub_endpoint()
-        if limits.allowed.refusal(hub):
+        if limits.lora_allowed.refusal(hub):
             raise ValueError(f"{value[:60]!r} is neither baked (this deployment has: {baked}) nor fetchable: this "
                              f"deployment fetches nothing from {hub} (its operator's LORA_HOSTS)")
         return value
@@ -139,7 +143,7 @@ class LoraChoice(BaseModel):
     @field_validator("url")
     @classmethod
     def _allowed(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is not None and (reason := _limits(info).allowed.refusal(value)):
+        if value is not None and (reason := _limits(info).lora_allowed.refusal(value)):
             raise ValueError(reason)
         return value
 
@@ -203,8 +207,8 @@ class GenerateInputs(BaseModel):
             raise ValueError(f"must be a base64 string, a data URI or a URL (got {_json_type(value)})")
         limits = _limits(info)
         if value.startswith(("https://", "http://")):  # fetched now, from the hosts IMAGE_HOSTS lists only
-            allowed = fetching.Allowed.parse(limits.image_hosts)
-            raw = fetching.fetch_bytes(value, allowed, limits.max_image_bytes, limits.image_fetch_timeout_s)
+            raw = fetching.fetch_bytes(value, limits.image_allowed, limits.max_image_bytes,
+                                       limits.image_fetch_timeout_s)
             return images.from_bytes(raw, limits.max_input_pixels)
         return images.decode(value, limits.max_image_bytes, limits.max_input_pixels)
 
