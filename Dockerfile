@@ -23,11 +23,15 @@ ARG SAFETY_CHECKER=on
 ARG DROP_T5=0
 # LoRAs served by name (docs/api.md, "LoRAs"): comma-separated [name=]owner/repo[/file.safetensors].
 ARG LORA_IDS=
+# Previews while a job runs (docs/api.md, "Progress"): every PREVIEW_EVERY steps, decoded by the family's TAESD (or
+# PREVIEW_DECODER), baked here; 0: progress without previews.
+ARG PREVIEW_EVERY=0
+ARG PREVIEW_DECODER=
 ENV MODEL_ID=${MODEL_ID} CONTROLNET_ID=${CONTROLNET_ID} SAFETY_CHECKER=${SAFETY_CHECKER} DROP_T5=${DROP_T5} \
-    LORA_IDS=${LORA_IDS}
+    LORA_IDS=${LORA_IDS} PREVIEW_EVERY=${PREVIEW_EVERY} PREVIEW_DECODER=${PREVIEW_DECODER}
 COPY download.py ./
 COPY serverless_sd/__init__.py serverless_sd/settings.py serverless_sd/fetching.py serverless_sd/weights.py \
-     serverless_sd/
+     serverless_sd/families.py serverless_sd/
 # A gated or private model: docker build --secret id=HF_TOKEN,env=HF_TOKEN ...  (a secret, not a build arg:
 # build args stay readable in the image's history).
 RUN --mount=type=secret,id=HF_TOKEN,env=HF_TOKEN python3 download.py

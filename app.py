@@ -13,7 +13,8 @@ from serverless_sd.settings import Settings
 settings = Settings.from_env()
 app = Potassium("sd-serverless-template", settings,
                 documents={"/openapi.json": lambda context: openapi.app_document(context["model"].limits),
-                           "/loras": lambda context: context["model"].loras.listing()},
+                           "/loras": lambda context: context["model"].loras.listing(),
+                           "/progress": lambda context: context["model"].progress.snapshot()},
                 warm_up=lambda context: context["model"].warm_up())
 
 
@@ -27,7 +28,7 @@ def init() -> dict:
 def handler(context: dict, request: Request) -> dict:
     model: StableDiffusion = context["model"]
     inputs = schema.parse(request.json, model.limits)
-    return model.generate(inputs).answer()
+    return model.generate(inputs, request_id=request.id).answer(model.bucket)
 
 
 if __name__ == "__main__":

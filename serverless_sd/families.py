@@ -26,6 +26,7 @@ class Family:
     controlnet: str  # diffusers' ControlNet class for this family
     bf16: bool  # on CUDA too: FLUX.1 and SD 3.5 overflow in float16 (black or noisy images)
     clip_prompts: bool  # CLIP alone reads the prompt: weights, prompts past 77 tokens and clip_skip (prompts.py)
+    preview_decoder: str  # the tiny autoencoder (madebyollin's TAESD) that decodes this family's latents for previews
 
     def denoiser_of(self, pipe):
         return getattr(pipe, self.denoiser)
@@ -34,15 +35,15 @@ class Family:
 FAMILIES = (
     Family("sd", "SD 1.x/2.x", ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline",
                                 "StableDiffusionInpaintPipeline"),
-           "unet", False, True, 25, 7.0, "ControlNetModel", False, True),
+           "unet", False, True, 25, 7.0, "ControlNetModel", False, True, "madebyollin/taesd"),
     Family("sdxl", "SDXL", ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline",
                             "StableDiffusionXLInpaintPipeline"),
-           "unet", False, True, 25, 7.0, "ControlNetModel", False, True),
+           "unet", False, True, 25, 7.0, "ControlNetModel", False, True, "madebyollin/taesdxl"),
     Family("sd3", "SD 3", ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline",
                            "StableDiffusion3InpaintPipeline"),
-           "transformer", True, True, 28, 7.0, "SD3ControlNetModel", True, False),
+           "transformer", True, True, 28, 7.0, "SD3ControlNetModel", True, False, "madebyollin/taesd3"),
     Family("flux", "FLUX.1", ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline"),
-           "transformer", True, False, 28, 3.5, "FluxControlNetModel", True, False),
+           "transformer", True, False, 28, 3.5, "FluxControlNetModel", True, False, "madebyollin/taef1"),
 )
 
 NAMES = tuple(family.name for family in FAMILIES)

@@ -10,10 +10,18 @@ MIME_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 _SAVE_OPTIONS = {"png": {"compress_level": 1}, "jpeg": {"quality": 90}, "webp": {"quality": 90}}
 
 
-def to_data_uri(image: Image.Image, output_format: str) -> str:
+def encode(image: Image.Image, output_format: str) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=output_format.upper(), **_SAVE_OPTIONS[output_format])
-    return f"data:{MIME_TYPES[output_format]};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
+    return buffer.getvalue()
+
+
+def data_uri(data: bytes, output_format: str) -> str:
+    return f"data:{MIME_TYPES[output_format]};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def to_data_uri(image: Image.Image, output_format: str) -> str:
+    return data_uri(encode(image, output_format), output_format)
 
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")

@@ -1,5 +1,6 @@
-"""The app's OpenAPI 3.1 document, served at GET /openapi.json: POST /, its modelInputs, answer and error body taken
-from the models in schema.py, with this deployment's limits filled in. (The gateway's own document is FastAPI's.)
+"""The app's OpenAPI 3.1 document, served at GET /openapi.json: POST /, its modelInputs, answer and error body
+taken from the models in schema.py, with this deployment's limits filled in; and GET /progress. (The gateway's own
+document is FastAPI's.)
 
 Which fields go together is said in JSON Schema too (allOf below), so that data valid by the document is accepted.
 What it cannot say: an image string must decode as an image (the "image" format), a prompt's brackets must pair
@@ -10,6 +11,7 @@ where weights are read (the "prompt" format: SD 1.x/2.x and SDXL), and width x h
 from pydantic import BaseModel
 
 from . import schedulers
+from .progress import Progress
 from .schema import HUB_ID, Answer, ErrorBody, FieldError, GenerateInputs, Limits, LoraChoice, aliases, default_values
 
 IMAGES = ("image", "mask_image", "control_image")
@@ -46,6 +48,11 @@ def app_document(limits: Limits) -> dict:
     if limits.model_family.clip_prompts:  # weights are read (prompts.py): brackets must pair
         fields["prompt"]["format"] = "prompt"
         fields["negative_prompt"]["anyOf"][0]["format"] = "prompt"
+        # An empty negative prompt is none (the app reads no weights in it): the document says so.
+        fields["negative_prompt"]["anyOf"].insert(1, {"type": "string", "maxLength": 0})
+    # Where no bucket is configured only base64 is offered; where one is, URLs are the default.
+    fields["output"]["anyOf"][0]["enum"] = ["base64", "url"] if limits.bucket else ["base64"]
+    fields["output"]["default"] = "url" if limits.bucket else "base64"
     fields["loras"] |= {"items": _lora_schema(limits), "maxItems": limits.max_loras if _loras_offered(limits) else 0}
     inputs["allOf"] = _fields_that_go_together(limits.controlnet)
     refused = [*(() if limits.controlnet else CONTROLNET_FIELDS), *(() if limits.negative_prompt else NEGATIVE),
@@ -56,22 +63,40 @@ def app_document(limits: Limits) -> dict:
         inputs["required"] = [*inputs["required"], "image", "mask_image"]
         for name in ("image", "mask_image"):
             fields[name] = {**fields[name]["anyOf"][0], "description": fields[name].get("description", "")}
+    responses = {
+        "200": _json("the images, base64 data URIs or URLs in the bucket", _schema(Answer)),
+        "413": _json("the body is larger than MAX_BODY_BYTES", _schema(ErrorBody)),
+        "422": _json("a field is wrong: `errors` names each one", _schema(ErrorBody)),
+        "500": _json("an internal failure (out of GPU memory, a bug); the details are in the app's log",
+                     _schema(ErrorBody)),
+    }
+    if limits.bucket:
+        responses["502"] = _json("the bucket refused the images or could not be reached; none is kept",
+                                 _schema(ErrorBody))
     return {
         "openapi": "3.1.0",
         "info": {"title": "Stable Diffusion app (Potassium)", "version": "1"},
-        "paths": {"/": {"post": {
-            "summary": "Generate images from modelInputs",
-            "requestBody": {"required": True, "content": {"application/json": {"schema": inputs}}},
-            "responses": {
-                "200": _json("the images, base64 data URIs", _schema(Answer)),
-                "413": _json("the body is larger than MAX_BODY_BYTES", _schema(ErrorBody)),
-                "422": _json("a field is wrong: `errors` names each one", _schema(ErrorBody)),
-                "500": _json("an internal failure (out of GPU memory, a bug); the details are in the app's log",
-                             _schema(ErrorBody)),
-            },
-        }}},
+        "paths": {
+            "/": {"post": {
+                "summary": "Generate images from modelInputs",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": inputs}}},
+                "responses": responses,
+            }},
+            "/progress": {"get": {
+                "summary": "The running request's progress: steps, seconds left, a preview (PREVIEW_EVERY)",
+                "responses": {"200": _json('{"running": false} between requests', _progress_schema())},
+            }},
+        },
         "components": {"schemas": {"FieldError": _schema(FieldError), "LoraChoice": _schema(LoraChoice)}},
     }
+
+
+def _progress_schema() -> dict:
+    progress = _schema(Progress)
+    progress["properties"] |= {"running": {"type": "boolean"},
+                               "request_id": {"type": "string", "description": "its X-Banana-Request-Id (callID)"}}
+    progress["required"] = ["running"]  # the rest only while one runs
+    return progress
 
 
 def _loras_offered(limits: Limits) -> bool:

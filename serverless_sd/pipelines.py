@@ -19,8 +19,11 @@ from . import families, images, logs, prompts, schedulers, seeds, weights
 from .cuda_graphs import CudaGraphed
 from .families import Family, FamilyError
 from .loras import Library as LoraLibrary
+from .previews import Previewer
+from .progress import Tracker
 from .schema import Answer, GenerateInputs, Limits
 from .settings import Settings
+from .storage import Bucket
 
 
 def choose_device(setting: str) -> torch.device:
@@ -46,19 +49,35 @@ class Generation:
     seeds: list[int]
     nsfw: list[bool]
     inference_ms: float
+    as_urls: bool = False  # output "url": stored in the bucket, answered as URLs
 
-    def answer(self) -> dict:
+    def answer(self, bucket: Bucket | None = None) -> dict:
+        """The answer: the images encoded once, as data URIs or, stored in the bucket, as URLs (StorageError if the
+        bucket refuses them)."""
         started = time.perf_counter()
-        uris = [images.to_data_uri(image, self.inputs.output_format) for image in self.images]
+        output_format = self.inputs.output_format
+        encoded = [images.encode(image, output_format) for image in self.images]
+        timings = {"inference_ms": round(self.inference_ms, 1),
+                   "encode_ms": round((time.perf_counter() - started) * 1000, 1)}
+        if self.as_urls:
+            started = time.perf_counter()
+            stored = bucket.store(encoded, output_format)
+            where = {"image_urls": stored.urls, "urls_expire_at": stored.expires_at}
+            timings["store_ms"] = round((time.perf_counter() - started) * 1000, 1)
+        else:
+            uris = [images.data_uri(data, output_format) for data in encoded]
+            where = {"image_base64": uris[0], "images": uris}
         width, height = self.images[0].size
-        return Answer(
-            image_base64=uris[0], images=uris, seed=self.seeds[0], seeds=self.seeds, nsfw=self.nsfw,
+        answer = Answer(
+            **where, seed=self.seeds[0], seeds=self.seeds, nsfw=self.nsfw,
             mode=self.inputs.mode, family=self.family, width=width, height=height,
             num_inference_steps=self.inputs.num_inference_steps, guidance_scale=self.inputs.guidance_scale,
-            output_format=self.inputs.output_format, loras=self.inputs.loras,
-            timings={"inference_ms": round(self.inference_ms, 1),
-                     "encode_ms": round((time.perf_counter() - started) * 1000, 1)},
-        ).model_dump()
+            output_format=output_format, loras=self.inputs.loras, timings=timings,
+        )
+        return answer.model_dump(exclude={name for name in OUTPUT_FIELDS if getattr(answer, name) is None})
+
+
+OUTPUT_FIELDS = ("image_base64", "images", "image_urls", "urls_expire_at")  # absent, not null, where not answered
 
 
 class StableDiffusion:
@@ -66,7 +85,8 @@ class StableDiffusion:
     a pipeline per mode sharing its weights (diffusers' from_pipe): txt2img, img2img, inpaint, and controlnet when
     loaded. What differs between the families is read from families.Family."""
 
-    def __init__(self, pipe: DiffusionPipeline, settings: Settings, family: Family, controlnet=None):
+    def __init__(self, pipe: DiffusionPipeline, settings: Settings, family: Family, controlnet=None,
+                 previewer: Previewer | None = None):
         self.pipe = pipe
         self.family = family
         self.controlnet = controlnet
@@ -76,6 +96,8 @@ class StableDiffusion:
         self.offloaded_mode: str | None = None
         self.encoder = prompts.Encoder(pipe) if family.clip_prompts else None  # weights, long prompts, clip_skip
         self.loras = LoraLibrary(pipe, settings)
+        self.progress = Tracker(previewer, settings.preview_every)
+        self.bucket = Bucket.configured(settings)
         denoiser = family.denoiser_of(pipe)
         # An inpainting checkpoint's UNet also reads the mask and the masked picture (9 channels, not 4): it can
         # only inpaint, and the others modes are refused with a 422 (Limits.inpainting_only).
@@ -116,7 +138,8 @@ class StableDiffusion:
                                   "text encoders")
             left_out |= {"text_encoder_3": None, "tokenizer_3": None}
         if settings.controlnet_id:  # checked before anything loads: a wrong kind is a message, not a minute's wait
-            controlnet_folder = weights.locate(settings.controlnet_id, settings.models_dir, controlnet=True)
+            controlnet_folder = weights.locate(settings.controlnet_id, settings.models_dir, one_model=True,
+                                               variable="CONTROLNET_ID")
             kind = json.loads((controlnet_folder / "config.json").read_text()).get("_class_name")
             if kind != family.controlnet:
                 raise FamilyError(f"CONTROLNET_ID {settings.controlnet_id!r} is a {kind}: a {family.title} model "
@@ -140,7 +163,8 @@ class StableDiffusion:
                 controlnet_folder, dtype=stored(controlnet_folder).get("", dtype),
                 variant=weights.local_variant(controlnet_folder), local_files_only=True, use_safetensors=True,
                 device_map=placement)
-        model = cls(pipe, settings, family, controlnet)
+        previewer = Previewer.load(settings, family, pipe.vae.config.latent_channels, device, dtype)
+        model = cls(pipe, settings, family, controlnet, previewer)
         if nhwc:
             model.to(dtype, torch.channels_last)
         if settings.cpu_offload:
@@ -191,9 +215,17 @@ class StableDiffusion:
         self.generate(GenerateInputs.model_validate(inputs, context={"limits": self.limits}))
         return True
 
-    def generate(self, inputs: GenerateInputs) -> Generation:
-        self.loras.apply(inputs.loras)  # fused into the shared weights: every mode sees them
+    def generate(self, inputs: GenerateInputs, request_id: str = "") -> Generation:
+        """One request's images; its progress published (GET /progress) under request_id while they are made."""
         width, height = inputs.size(self.limits)
+        self.progress.begin(request_id, (width, height))
+        try:
+            return self._generate(inputs, width, height)
+        finally:
+            self.progress.end()
+
+    def _generate(self, inputs: GenerateInputs, width: int, height: int) -> Generation:
+        self.loras.apply(inputs.loras)  # fused into the shared weights: every mode sees them
         image_seeds = inputs.seeds()
         pipe = self.modes[inputs.mode]
         takes = self.takes[inputs.mode]
@@ -228,11 +260,12 @@ class StableDiffusion:
             result = pipe(
                 **text, num_inference_steps=inputs.schedule_steps(), guidance_scale=inputs.guidance_scale,
                 num_images_per_prompt=inputs.num_images, generator=generators, **options,
+                callback_on_step_end=self.progress.step, callback_on_step_end_tensor_inputs=["latents"],
             )
         # The safety checker, where the model has one, blanks each flagged image and flags it; the rest stand.
         nsfw = [bool(flag) for flag in (getattr(result, "nsfw_content_detected", None) or [False] * len(image_seeds))]
         return Generation(inputs, self.family.name, result.images, image_seeds, nsfw,
-                          (time.perf_counter() - started) * 1000)
+                          (time.perf_counter() - started) * 1000, inputs.as_urls(self.limits))
 
 
 def size_multiple(family: Family, pipe: DiffusionPipeline) -> int:

@@ -60,6 +60,7 @@ class Limits:
     lora_hosts: str = ""  # the hosts LoRAs may be fetched from at run time (fetching.Allowed)
     image_hosts: str = ""  # the hosts input images may be fetched from, by URL
     image_fetch_timeout_s: float = 10
+    bucket: bool = False  # S3_BUCKET set: images may be answered as URLs (output "url", the default then)
 
     @property
     def flow_matching(self) -> bool:
@@ -78,7 +79,7 @@ class Limits:
         """The operator's bounds as Settings holds them (same names), plus what the loaded model says."""
         bounds = {f.name: getattr(settings, f.name) for f in fields(cls) if f.name.startswith("max_")}
         return cls(**bounds, lora_hosts=settings.lora_hosts, image_hosts=settings.image_hosts,
-                   image_fetch_timeout_s=settings.image_fetch_timeout_s, **model)
+                   image_fetch_timeout_s=settings.image_fetch_timeout_s, bucket=bool(settings.s3_bucket), **model)
 
     @property
     def lora_allowed(self) -> fetching.Allowed:
@@ -170,6 +171,9 @@ class GenerateInputs(BaseModel):
     seed: int | None = Field(None, ge=0, lt=SEED_LIMIT)
     num_images: int = Field(1, ge=1, validation_alias=AliasChoices("num_images", "num_images_per_prompt"))
     output_format: OutputFormat = "png"
+    output: Literal["base64", "url"] | None = Field(None, description='"base64": images in the answer as data URIs; '
+                                                    '"url": stored in the deployment\'s bucket (S3_BUCKET) and '
+                                                    'answered as URLs. Default: "url" where a bucket is configured')
     clip_skip: int | None = Field(None, ge=1, description="AUTOMATIC1111's Clip skip: 1 = CLIP's last layer (as none "
                                   "given), 2 = its penultimate, ... up to its layer count (SD 1.x/2.x and SDXL)")
     scheduler: Annotated[str | None, WithJsonSchema({"anyOf": [{"enum": schedulers.names()}, {"type": "null"}],
@@ -295,6 +299,9 @@ class GenerateInputs(BaseModel):
         if self.clip_skip is not None and self.clip_skip > limits.clip_layers:
             raise _field_error("clip_skip", f"at most {limits.clip_layers}, the layers of this model's text encoder "
                                             f"(got {self.clip_skip})")
+        if self.output == "url" and not limits.bucket:
+            raise _field_error("output", 'this deployment stores no images (its operator sets S3_BUCKET): send '
+                                         '"base64" or leave output out')
         if self.guidance_scale > 1 and not limits.guidance:
             raise _field_error("guidance_scale", "this model is guidance-distilled (FLUX.1-schnell, a turbo model) "
                                                  "and takes no guidance: leave guidance_scale out, or send 0")
@@ -329,6 +336,9 @@ class GenerateInputs(BaseModel):
             default = (limits.native_width, limits.native_height)
         return self.width or default[0], self.height or default[1]
 
+    def as_urls(self, limits: Limits) -> bool:
+        return self.output == "url" or (self.output is None and limits.bucket)
+
     def schedule_steps(self) -> int:
         """The schedule's length. img2img and inpainting run its last num_inference_steps x strength steps; where
         that is under one, the schedule is lengthened until one step runs, at the strength asked for (as
@@ -347,11 +357,15 @@ class GenerateInputs(BaseModel):
 
 
 class Answer(BaseModel):
-    """What POST / answers: every image as a data URI (image_base64: the first, the original template's field)."""
+    """What POST / answers: every image as a data URI (image_base64: the first, the original template's field), or,
+    with output "url", as URLs in the deployment's bucket instead."""
 
-    image_base64: str = Field(description="the first image: a data:image/...;base64 URI (plain base64 with "
-                                          "IMAGE_BASE64=plain)")
-    images: list[DataUri] = Field(min_length=1, description="every image")
+    image_base64: str | None = Field(None, description="the first image: a data:image/...;base64 URI (plain base64 "
+                                                       "with IMAGE_BASE64=plain); absent with output url")
+    images: list[DataUri] | None = Field(None, min_length=1, description="every image; absent with output url")
+    image_urls: list[str] | None = Field(None, min_length=1, description='with output "url": every image\'s URL')
+    urls_expire_at: int | None = Field(None, description="with output url: when the (presigned) URLs stop working, "
+                                                         "unix seconds; absent for public URLs (S3_PUBLIC_URL)")
     seed: int = Field(ge=0, lt=SEED_LIMIT, description="the first image's seed")
     seeds: list[int] = Field(description="each image's own seed: image i regenerates alone from seeds[i]")
     nsfw: list[bool] = Field(description="per image: flagged (and blanked) by the model's safety checker")

@@ -28,13 +28,15 @@ from potassium import Request, Response
 from werkzeug.exceptions import BadRequest, HTTPException
 
 from . import cuda_graphs, logs, origin, runpod_worker
+from .families import FamilyError
 from .schema import ErrorBody, FieldError, InputError
 from .settings import Settings
+from .storage import StorageError
 from .weights import WeightsError
 
 # 422, not 400: Banana's 5.x/6.x clients retry a 400 ("over quota") for up to 5 minutes.
 INPUT_ERROR_STATUS = 422
-STATUS_ROUTES = ("GET /__status__ ", "GET /_k/status ", "GET /healthz ")
+STATUS_ROUTES = ("GET /__status__ ", "GET /_k/status ", "GET /healthz ", "GET /progress ")
 
 
 class LinePrefixer:
@@ -111,6 +113,9 @@ def endpoint(settings: Settings) -> Callable:
             except InputError as error:
                 status, answer = INPUT_ERROR_STATUS, _error_body(str(error), error.errors)
                 fields["error"] = str(error)
+            except StorageError as error:  # the images were made, the bucket refused them: none is answered
+                status, answer = 502, _error_body(str(error))
+                fields["error"] = str(error)
             except torch.OutOfMemoryError:
                 _free_memory()
                 status, answer = 500, _error_body("out of GPU memory: ask for a smaller size or fewer images")
@@ -126,7 +131,7 @@ def endpoint(settings: Settings) -> Callable:
             total_ms = round((time.perf_counter() - started) * 1000, 1)
             if status == 200:
                 answer["timings"]["total_ms"] = total_ms
-                if settings.image_base64 == "plain":  # the original template's clients b64decode this field as is
+                if settings.image_base64 == "plain" and "image_base64" in answer:  # the original's clients decode it
                     answer["image_base64"] = answer["image_base64"].partition(",")[2]
             logs.event("request", status=status, total_ms=total_ms, **fields)
             return Response(status=status, json=answer)
@@ -144,8 +149,8 @@ class Potassium(potassium.Potassium):
     busy-waiting main thread cannot starve the loader), its server's start (`_init_server`, after which
     `warm_up(context)` runs on its `_worker_pool`, the thread that serves the requests), its worker's FDRedirect
     (replaced by LinePrefixer) and, inside a RunPod Serverless worker, the handler of "/" (`_endpoints`, handed to
-    the runpod SDK instead of serving HTTP). `documents` maps GET routes (/openapi.json, /loras) to what builds their
-    JSON from the context once init() has loaded the model.
+    the runpod SDK instead of serving HTTP). `documents` maps GET routes (/openapi.json, /loras, /progress) to what
+    builds their JSON from the context, on each GET, once init() has loaded the model.
     """
 
     def __init__(self, name: str, settings: Settings, documents: dict[str, Callable[[dict], dict]],
@@ -154,7 +159,8 @@ class Potassium(potassium.Potassium):
         self.settings = settings
         self.documents = documents
         self.warm_up = warm_up
-        _harden(self._flask_app, settings)
+        _harden(self._flask_app, settings, handled=lambda path: path in self._endpoints,
+                get_only=lambda path: path in self.documents or path in ("/healthz", "/__status__"))
 
     def serve(self) -> None:
         settings = self.settings
@@ -165,7 +171,7 @@ class Potassium(potassium.Potassium):
         started = time.perf_counter()
         try:
             context = self._init_func()
-        except WeightsError as error:
+        except (WeightsError, FamilyError) as error:
             raise SystemExit(f"app.py: {error}") from None
         logs.event("ready", model_id=settings.model_id, init_s=round(time.perf_counter() - started, 2))
         if runpod_worker.wanted():
@@ -173,9 +179,8 @@ class Potassium(potassium.Potassium):
             return
         self._init_func = lambda: context  # Potassium's own init now returns at once: no busy-wait worth the name
         self._context = context
-        for route, build in self.documents.items():  # what the loaded model says of itself, built once
-            document = build(context)
-            self._flask_app.add_url_rule(route, route, lambda document=document: _json_response(200, document),
+        for route, build in self.documents.items():  # what the loaded model says of itself, built when asked
+            self._flask_app.add_url_rule(route, route, lambda build=build: _json_response(200, build(context)),
                                          methods=["GET"])
         self._flask_app.add_url_rule("/healthz", "healthz", lambda: _healthz(settings), methods=["GET"])
         super().serve(host=settings.host, port=settings.port)
@@ -204,9 +209,12 @@ def _healthz(settings: Settings) -> FlaskResponse:
     return _json_response(200, {"ok": True, "busy": not status["gpu_available"], "cuda_graphs": cuda_graphs.status()})
 
 
-def _harden(flask_app: Flask, settings: Settings) -> None:
+def _harden(flask_app: Flask, settings: Settings, handled: Callable[[str], bool],
+            get_only: Callable[[str], bool]) -> None:
+    """handled: a POST route with a handler (app.py's "/"); get_only: a route that answers GET only."""
     flask_app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    # Load balancers poll the status routes every second or so: not worth a log line each.
+    # Load balancers poll the status routes every second or so, the gateway /progress twice a second while a job
+    # runs: not worth a log line each.
     logging.getLogger("werkzeug").addFilter(
         lambda record: not any(route in record.getMessage() for route in STATUS_ROUTES))
     loopback_listener = origin.is_loopback(settings.host)
@@ -217,8 +225,20 @@ def _harden(flask_app: Flask, settings: Settings) -> None:
         return _json_response(403, _error_body(refused)) if refused else None
 
     @flask_app.before_request
+    def get_only_routes():
+        # Potassium's catch-all route takes POST on every path, so Flask would allow POST on the GET routes too.
+        if not get_only(flask_request.path) or flask_request.method in ("GET", "HEAD"):
+            return None
+        response = (FlaskResponse(status=200) if flask_request.method == "OPTIONS"
+                    else _json_response(405, _error_body("405 Method Not Allowed")))
+        response.headers["Allow"] = "GET, HEAD, OPTIONS"
+        return response
+
+    @flask_app.before_request
     def parse_json_body():
         if flask_request.method != "POST" or flask_request.path.startswith("/_k/"):
+            return None
+        if not handled(flask_request.path):  # an unknown route: Potassium's catch-all answers 404
             return None
         try:
             # Parsed once here, whatever the Content-Type, and cached: Potassium's own get_json() reads the cache.
@@ -252,7 +272,7 @@ def _error_body(error: str, fields: list[tuple[str, str]] | None = None) -> dict
 
 def _summary(answer: dict) -> dict:
     keys = ("width", "height", "num_inference_steps", "output_format")
-    return {**{k: answer[k] for k in keys}, "images": len(answer["images"]), **answer["timings"]}
+    return {**{k: answer[k] for k in keys}, "images": len(answer["seeds"]), **answer["timings"]}
 
 
 def _free_memory() -> None:

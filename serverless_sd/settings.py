@@ -46,6 +46,19 @@ class Settings(BaseModel):
     # Input images by URL (image, mask_image, control_image): fetched only from the hosts IMAGE_HOSTS lists.
     image_hosts: str = ""
     image_fetch_timeout_s: float = Field(10, gt=0)
+    # Progress (GET /progress, relayed by the gateway): a preview every PREVIEW_EVERY steps (0: none), decoded by a
+    # tiny autoencoder, PREVIEW_DECODER (default: the family's TAESD), baked at build when PREVIEW_EVERY is set.
+    preview_every: int = Field(0, ge=0)
+    preview_decoder: str = ""
+    preview_side: int = Field(256, ge=32, le=1024)
+    # Images out to an S3-compatible bucket (storage.py): answered as URLs, presigned for S3_URL_EXPIRES_S unless
+    # S3_PUBLIC_URL says where the bucket is served. Credentials: boto3's own (AWS_ACCESS_KEY_ID, ... or a role).
+    s3_bucket: str = ""
+    s3_endpoint_url: str = ""
+    s3_region: str = ""
+    s3_prefix: str = ""
+    s3_url_expires_s: int = Field(3600, ge=1, le=7 * 24 * 3600)  # S3's own bound for a presigned URL: 7 days
+    s3_public_url: str = ""
     log_prompts: bool = False
     # "plain": image_base64 without its data:image/...;base64, prefix, as the original template's clients decode it.
     image_base64: Literal["data_uri", "plain"] = "data_uri"

@@ -48,33 +48,33 @@ def _is(filename: str, variant: str | None) -> bool:
 
 
 def download(model_id: str, models_dir: Path, token: str | None = None, safety_checker: bool = True,
-             controlnet: bool = False, drop_t5: bool = False) -> Path:
+             one_model: bool = False, drop_t5: bool = False, variable: str = "MODEL_ID") -> Path:
     """Fetch only what the pipeline loads (safetensors over .bin/.ckpt, the fp16, else bf16, variant if any) into
     models_dir: the folders model_index.json names, never a repo's single-file checkpoints beside them (SD 3.5's and
     FLUX.1's).
 
-    With safety_checker False the checker's weights are skipped, with drop_t5 SD 3's T5 encoder; a ControlNet repo
-    holds one model, not a pipeline.
+    With safety_checker False the checker's weights are skipped, with drop_t5 SD 3's T5 encoder. A one_model repo
+    (a ControlNet, a preview decoder) holds one model, not a pipeline. Messages name the setting, `variable`.
     """
     if Path(model_id).is_dir():
         return Path(model_id)
     try:
         files = [sibling.rfilename for sibling in model_info(model_id, token=token).siblings or []]
-        if controlnet:
-            return _fetch_controlnet(model_id, models_dir, files, token=token)
+        if one_model:
+            return _fetch_one_model(model_id, models_dir, files, variable, token=token)
         return _fetch(model_id, models_dir, files, token=token, **_skipped(safety_checker, drop_t5))
     except GatedRepoError:
         raise WeightsError(
-            f"MODEL_ID {model_id!r} is gated: accept its terms on its Hugging Face page, then pass a token "
+            f"{variable} {model_id!r} is gated: accept its terms on its Hugging Face page, then pass a token "
             "that can read it as HF_TOKEN"
         ) from None
     except RepositoryNotFoundError:
         raise WeightsError(
-            f"MODEL_ID {model_id!r} was not found on the Hugging Face hub: check the id, or, if the repo is "
+            f"{variable} {model_id!r} was not found on the Hugging Face hub: check the id, or, if the repo is "
             "private, pass a token that can read it as HF_TOKEN"
         ) from None
     except HfHubHTTPError as error:
-        raise WeightsError(f"downloading MODEL_ID {model_id!r} failed: {error}") from None
+        raise WeightsError(f"downloading {variable} {model_id!r} failed: {error}") from None
     except TransportError as error:
         raise WeightsError(
             f"cannot reach the Hugging Face hub to download {model_id!r} ({type(error).__name__}: {error}). Check the "
@@ -84,7 +84,7 @@ def download(model_id: str, models_dir: Path, token: str | None = None, safety_c
     except OSError as error:  # diffusers' own refusal: no safetensors for some component
         if "safetensors" not in str(error):
             raise
-        raise WeightsError(f"MODEL_ID {model_id!r} " + SAFETENSORS_ONLY.format(what=" for every component")) from None
+        raise WeightsError(f"{variable} {model_id!r} " + SAFETENSORS_ONLY.format(what=" for every component")) from None
 
 
 def download_loras(lora_ids: str, folder: Path, cache_dir: Path, token: str | None = None) -> list[Path]:
@@ -140,19 +140,19 @@ def _lora_file(source: str, cache_dir: Path, token: str | None) -> Path:
     return Path(hf_hub_download(repo, file, cache_dir=cache_dir, token=token))
 
 
-def locate(model_id: str, models_dir: Path, safety_checker: bool = True, controlnet: bool = False,
-           drop_t5: bool = False) -> Path:
+def locate(model_id: str, models_dir: Path, safety_checker: bool = True, one_model: bool = False,
+           drop_t5: bool = False, variable: str = "MODEL_ID") -> Path:
     """The folder to load: MODEL_ID itself when it is one, else the snapshot download() baked in. Never the network."""
     if Path(model_id).is_dir():
         return Path(model_id)
     try:
         files = [entry.path for entry in get_cached_repo_tree(model_id, cache_dir=models_dir)]
-        if controlnet:
-            return _fetch_controlnet(model_id, models_dir, files, local_files_only=True)
+        if one_model:
+            return _fetch_one_model(model_id, models_dir, files, variable, local_files_only=True)
         return _fetch(model_id, models_dir, files, local_files_only=True, **_skipped(safety_checker, drop_t5))
     except (CachedRepoTreeNotFoundError, LocalEntryNotFoundError, ValueError):
         raise WeightsError(
-            f"MODEL_ID {model_id!r} is not in {models_dir}: run `python3 download.py` with the same MODEL_ID "
+            f"{variable} {model_id!r} is not in {models_dir}: run `python3 download.py` with the same {variable} "
             "(the Dockerfile does this at build time)"
         ) from None
 
@@ -163,11 +163,11 @@ def _skipped(safety_checker: bool, drop_t5: bool) -> dict:
             **({"text_encoder_3": None, "tokenizer_3": None} if drop_t5 else {})}
 
 
-def _fetch_controlnet(model_id: str, models_dir: Path, files: list[str], **hub_options) -> Path:
+def _fetch_one_model(model_id: str, models_dir: Path, files: list[str], variable: str, **hub_options) -> Path:
     weights_file = next((name for name in (*(f"diffusion_pytorch_model.{v}.safetensors" for v in HALF_VARIANTS),
                                            "diffusion_pytorch_model.safetensors") if name in files), None)
     if weights_file is None:
-        raise WeightsError(f"CONTROLNET_ID {model_id!r} " + SAFETENSORS_ONLY.format(what=""))
+        raise WeightsError(f"{variable} {model_id!r} " + SAFETENSORS_ONLY.format(what=""))
     return Path(snapshot_download(model_id, cache_dir=models_dir, allow_patterns=["config.json", weights_file],
                                   **hub_options))
 

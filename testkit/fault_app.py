@@ -14,7 +14,7 @@ from serverless_sd.pipelines import StableDiffusion
 real_generate = StableDiffusion.generate
 
 
-def generate_with_faults(self, inputs):
+def generate_with_faults(self, inputs, request_id=""):
     # The messages quote the prompt, as library errors sometimes quote their inputs.
     if inputs.prompt.startswith("fail: oom"):
         torch.ones(1024, 1024)  # something to free
@@ -23,7 +23,7 @@ def generate_with_faults(self, inputs):
         raise RuntimeError(f"internal detail at /opt/internal/path.py for {inputs.prompt!r}")
     if inputs.prompt.startswith("fail: hang"):
         time.sleep(6)
-    return real_generate(self, inputs)
+    return real_generate(self, inputs, request_id)
 
 
 StableDiffusion.generate = generate_with_faults

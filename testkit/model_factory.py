@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from diffusers import (
     AutoencoderKL,
+    AutoencoderTiny,
     ControlNetModel,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
@@ -233,6 +234,17 @@ def save_tiny_flux(folder: Path, guidance: bool = False) -> Path:
         text_encoder_2=tiny_t5(), tokenizer_2=t5_tokenizer(),
     )
     pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def save_tiny_preview_decoder(folder: Path, latent_channels: int = 4, flow: bool = False) -> Path:
+    """A TAESD-shaped AutoencoderTiny (diffusers' class for madebyollin's TAESD family): one upsampling, like the tiny
+    models' VAEs; with flow, SD 3's and FLUX.1's latent factors, as TAESD3 and TAEF1 declare them."""
+    torch.manual_seed(0)
+    decoder = AutoencoderTiny(encoder_block_out_channels=(8, 8), decoder_block_out_channels=(8, 8),
+                              num_encoder_blocks=(1, 1), num_decoder_blocks=(1, 1), latent_channels=latent_channels,
+                              **(FLOW_LATENTS if flow else {}))
+    decoder.save_pretrained(folder, safe_serialization=True)
     return folder
 
 

@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, settings
 
 from testkit import model_factory
 from testkit.processes import AppProcess, GatewayProcess, RedisServer
+from testkit.s3_server import S3Server
 
 # `make test` replays the same cases every run (a red CI means a change broke something); `make fuzz` draws new ones.
 SLOW_IS_FINE = [HealthCheck.too_slow, HealthCheck.data_too_large]
@@ -29,6 +30,8 @@ def models(tmp_path_factory) -> dict[str, Path]:
         "sd3_controlnet": model_factory.save_tiny_sd3_controlnet(root / "tiny-sd3-controlnet"),
         "flux": model_factory.save_tiny_flux(root / "tiny-flux-schnell"),
         "flux_controlnet": model_factory.save_tiny_flux_controlnet(root / "tiny-flux-controlnet"),
+        "taesd": model_factory.save_tiny_preview_decoder(root / "tiny-taesd"),
+        "taef1": model_factory.save_tiny_preview_decoder(root / "tiny-taef1", latent_channels=16, flow=True),
     }
 
 
@@ -75,6 +78,22 @@ def redis_url(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def s3():
+    """An S3-compatible server (moto's) that takes every write and serves presigned URLs."""
+    server = S3Server()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_enforcing():
+    """One that enforces credentials and bucket policies: for buckets that refuse writes."""
+    server = S3Server(enforce=True)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def sd_app(start_app, models) -> AppProcess:
     return start_app({"MODEL_ID": str(models["sd"])})
 
@@ -103,6 +122,13 @@ def controlnet_app(start_app, models, baked_loras) -> AppProcess:
 @pytest.fixture(scope="session")
 def sdxl_app(start_app, models) -> AppProcess:
     return start_app({"MODEL_ID": str(models["sdxl"])})
+
+
+@pytest.fixture(scope="session")
+def preview_app(start_app, models) -> AppProcess:
+    """Previews every 2 steps, decoded by a tiny TAESD, at most 32 pixels a side."""
+    return start_app({"MODEL_ID": str(models["sd"]), "PREVIEW_EVERY": "2", "PREVIEW_DECODER": str(models["taesd"]),
+                      "PREVIEW_SIDE": "32"})
 
 
 @pytest.fixture(scope="session")

@@ -30,7 +30,7 @@ def test_base_image_is_a_cuda_pytorch_image():
 
 @pytest.mark.parametrize("name, default", [
     ("MODEL_ID", "prompthero/openjourney-v4"), ("CONTROLNET_ID", ""), ("SAFETY_CHECKER", "on"), ("DROP_T5", "0"),
-    ("LORA_IDS", ""),
+    ("LORA_IDS", ""), ("PREVIEW_EVERY", "0"), ("PREVIEW_DECODER", ""),
 ])
 def test_build_arguments_reach_download_py(name, default):
     arg = index("ARG", rf"^{name}={re.escape(default)}$")

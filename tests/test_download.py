@@ -150,18 +150,35 @@ def test_safety_checker_off_skips_its_weights(hub, models, tmp_path):
     assert not [name for name in hub.downloaded if name.startswith("safety_checker/")]
 
 
+def baked_beside_the_model(hub, tmp_path, start_app, announced: str, **env: str):
+    """download.py with env, which bakes a one-model repo (config and weights) beside the model; then the app on
+    what it baked, with no hub to reach."""
+    result = download(hub, "acme/fp32-only", tmp_path, **env)
+    assert result.returncode == 0, result.stderr
+    assert announced in result.stdout
+    assert {"config.json", "diffusion_pytorch_model.safetensors"} <= set(hub.downloaded)
+    return start_app({"MODEL_ID": "acme/fp32-only", "MODELS_DIR": str(tmp_path), **env,
+                      "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"})
+
+
 def test_controlnet_id_is_baked_too_and_served_offline(hub, models, tmp_path, start_app):
     hub.add("acme/controlnet", models["controlnet"])
-    result = download(hub, "acme/fp32-only", tmp_path, CONTROLNET_ID="acme/controlnet")
-    assert result.returncode == 0, result.stderr
-    assert "ControlNet acme/controlnet is ready" in result.stdout
-    assert {"config.json", "diffusion_pytorch_model.safetensors"} <= set(hub.downloaded)
-    app = start_app({"MODEL_ID": "acme/fp32-only", "CONTROLNET_ID": "acme/controlnet", "MODELS_DIR": str(tmp_path),
-                     "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"})
+    app = baked_beside_the_model(hub, tmp_path, start_app, "ControlNet acme/controlnet is ready",
+                                 CONTROLNET_ID="acme/controlnet")
     from test_modes import picture, uri
 
     answer = app.post({"prompt": "a", "num_inference_steps": 1, "control_image": uri(picture(64, 64))})
     assert answer.status_code == 200 and answer.json()["mode"] == "controlnet"
+
+
+def test_the_familys_preview_decoder_is_baked_with_preview_every_and_served_offline(hub, models, tmp_path,
+                                                                                    start_app):
+    hub.add("madebyollin/taesd", models["taesd"])  # SD 1.x's TAESD, where the hub keeps it
+    app = baked_beside_the_model(hub, tmp_path, start_app, "the preview decoder madebyollin/taesd is ready",
+                                 PREVIEW_EVERY="2")
+    assert app.post({"prompt": "a", "num_inference_steps": 3}).status_code == 200
+    assert download(hub, "acme/fp32-only", tmp_path / "none").returncode == 0
+    assert list(tmp_path.glob("*taesd*")) and not list((tmp_path / "none").glob("*taesd*"))  # off: not baked
 
 
 def test_lora_ids_are_baked_by_name_and_served_offline(hub, models, tmp_path):

@@ -46,7 +46,7 @@ def test_the_apps_document_carries_its_limits(limited_app):
 
 
 def test_schemathesis_against_the_app(limited_app):
-    schemathesis(limited_app.url, operations=1)
+    schemathesis(limited_app.url, operations=2)  # POST / and GET /progress
 
 
 def test_schemathesis_against_a_flux_app(start_app, models):
@@ -54,7 +54,7 @@ def test_schemathesis_against_a_flux_app(start_app, models):
     flux = start_app({"MODEL_ID": str(models["flux"]), "CONTROLNET_ID": str(models["flux_controlnet"]),
                       "MAX_STEPS": "2", "MAX_SIDE": "128", "MAX_PIXELS": "16384", "MAX_IMAGES": "2",
                       "MAX_PROMPT_CHARS": "100", "MAX_INPUT_PIXELS": "40000", "MAX_BODY_BYTES": "65536"})
-    schemathesis(flux.url, operations=1)
+    schemathesis(flux.url, operations=2)
 
 
 @pytest.fixture(scope="module")

@@ -86,10 +86,16 @@ def test_an_oversized_body_is_a_413(sd_app):
     assert response.status_code == 413 and "body: larger than" in response.json()["error"]
 
 
-@pytest.mark.parametrize("method, path, status", [("GET", "/", 405), ("POST", "/nope", 404), ("PUT", "/", 405)])
-def test_other_routes_answer_json(sd_app, method, path, status):
-    response = httpx.request(method, sd_app.url + path, json={}, timeout=30)
+@pytest.mark.parametrize("method, path, status", [("GET", "/", 405), ("POST", "/nope", 404), ("PUT", "/", 405),
+                                                  ("POST", "/progress", 405), ("POST", "/loras", 405)])
+@pytest.mark.parametrize("body", [b"", b"{}"])
+def test_other_routes_answer_json(sd_app, method, path, status, body):
+    """Whatever the body: a route that takes no POST is not read as modelInputs (found by schemathesis)."""
+    response = httpx.request(method, sd_app.url + path, content=body, timeout=30)
     assert response.status_code == status and "error" in response.json()
+    if path in ("/progress", "/loras"):
+        assert response.headers["Allow"] == "GET, HEAD, OPTIONS"
+        assert httpx.options(sd_app.url + path).headers["Allow"] == "GET, HEAD, OPTIONS"
 
 
 def test_the_server_keeps_serving_after_every_bad_request(sd_app):
