@@ -1,7 +1,8 @@
 """The first client to run: generate images through Banana's v4 API (the gateway) and save them.
 
     python3 test.py --prompt "nightclub"                 # wait for the result in the start call
-    python3 test.py --prompt "nightclub" --start-only    # start, then poll check, showing progress
+    python3 test.py --prompt "nightclub" --progress      # start, then poll check, drawing a progress bar
+    python3 test.py --prompt "nightclub" --output url    # images stored in the deployment's bucket: their URLs
 
 Reads BANANA_URL (default http://localhost:8080/), BANANA_API_KEY and BANANA_MODEL_KEY, like Banana's own SDK.
 With RUNPOD_ENDPOINT_URL (https://api.runpod.ai/v2/ENDPOINT_ID) and RUNPOD_API_KEY, it calls a RunPod Serverless
@@ -47,7 +48,7 @@ def runpod(endpoint: str, inputs: dict) -> dict:
 
 
 IMAGES = ("image", "mask_image", "control_image")  # files here, data URIs on the wire
-NOT_INPUTS = ("start_only", "out")  # every other option is a modelInputs field of the same name
+NOT_INPUTS = ("start_only", "progress", "out")  # every other option is a modelInputs field of the same name
 
 
 def model_inputs(args: argparse.Namespace) -> dict:
@@ -77,18 +78,37 @@ def wait_with_progress(api_key: str, call_id: str) -> dict:
         if answer["message"].lower() == "success":
             print(file=sys.stderr)
             return answer
-        position = answer.get("queuePosition")
-        where = f"queue position {position}" if position is not None else answer.get("state", "running")
-        print(f"\r{call_id}: {where}, {time.monotonic() - started:.0f} s", end="", file=sys.stderr, flush=True)
-        time.sleep(1)
+        print(f"\r{call_id}: {status_line(answer)}, {time.monotonic() - started:.0f} s", end="", file=sys.stderr,
+              flush=True)
+        time.sleep(0.5)
+
+
+def status_line(answer: dict) -> str:
+    """Where a job stands: its queue position, or a bar of the steps its replica has done."""
+    if answer.get("queuePosition") is not None:
+        return f"queue position {answer['queuePosition']}"
+    progress = answer.get("progress")
+    if not progress:
+        return answer.get("state", "running")
+    done = round(30 * progress["step"] / progress["total_steps"])
+    left = f", {progress['eta_s']:.0f} s left" if progress.get("eta_s") is not None else ""
+    return f"[{'#' * done}{'.' * (30 - done)}] step {progress['step']}/{progress['total_steps']}{left}"
 
 
 def save(outputs: list[dict], out_dir: Path, call_id: str) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for output in outputs:
-        uris, seeds = output.get("images", [output["image_base64"]]), output.get("seeds", [output.get("seed")])
-        for uri, seed in zip(uris, seeds, strict=True):
+        seeds = output.get("seeds", [output.get("seed")])
+        if "image_urls" in output:  # output "url": fetched from the deployment's bucket
+            for url, seed in zip(output["image_urls"], seeds, strict=True):
+                print(url)
+                with urllib.request.urlopen(url, timeout=120) as response:
+                    path = out_dir / f"{call_id}-{seed}.{EXTENSIONS[response.headers.get_content_type()]}"
+                    path.write_bytes(response.read())
+                paths.append(path)
+            continue
+        for uri, seed in zip(output.get("images", [output["image_base64"]]), seeds, strict=True):
             header, payload = uri.split(",", 1)
             path = out_dir / f"{call_id}-{seed}.{EXTENSIONS[header[5:].split(';')[0]]}"
             path.write_bytes(base64.b64decode(payload))
@@ -118,7 +138,10 @@ def options() -> argparse.ArgumentParser:
     parser.add_argument("--strength", type=float, help="img2img/inpainting: how much to change (0-1]")
     parser.add_argument("--control-image", dest="control_image", type=Path, help="ControlNet's conditioning image")
     parser.add_argument("--control-scale", dest="controlnet_conditioning_scale", type=float)
+    parser.add_argument("--output", choices=["base64", "url"],
+                        help="url: the images stored in the deployment's bucket (S3_BUCKET), answered as URLs")
     parser.add_argument("--start-only", action="store_true", help="start, then poll check until done")
+    parser.add_argument("--progress", action="store_true", help="start, then poll check, drawing a progress bar")
     parser.add_argument("--out", type=Path, default=Path("outputs"), help="where images are written")
     return parser
 
@@ -126,7 +149,7 @@ def options() -> argparse.ArgumentParser:
 def banana(args: argparse.Namespace) -> dict:
     api_key = os.environ.get("BANANA_API_KEY", "")
     start = {"apiKey": api_key, "modelKey": os.environ.get("BANANA_MODEL_KEY", ""),
-             "startOnly": args.start_only, "modelInputs": model_inputs(args)}
+             "startOnly": args.start_only or args.progress, "modelInputs": model_inputs(args)}
     answer = post("/start/v4/", start)
     return answer if answer["finished"] else wait_with_progress(api_key, answer["callID"])
 

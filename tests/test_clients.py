@@ -70,7 +70,29 @@ def test_test_py_shows_progress_while_it_waits(gateway, tmp_path):
     result = run([sys.executable, "test.py", "--steps", "60", "--start-only", "--out", str(tmp_path)],
                  client_env(gateway))
     assert result.returncode == 0, result.stderr
-    assert re.search(r"call_[0-9a-f-]{36}: (queue position \d+|running|queued), \d+ s", result.stderr)
+    assert re.search(r"call_[0-9a-f-]{36}: (queue position \d+|running|queued|\[[#.]{30}\] .*), \d+ s",
+                     result.stderr)
+
+
+def test_test_py_progress_draws_a_bar_of_the_replicas_steps(gateway, tmp_path):
+    result = run([sys.executable, "test.py", "--steps", "120", "--progress", "--out", str(tmp_path)],
+                 client_env(gateway))
+    assert result.returncode == 0, result.stderr
+    bars = re.findall(r"\[([#.]{30})\] step (\d+)/121, (\d+) s left", result.stderr)
+    assert bars and [int(step) for _, step, _ in bars] == sorted(int(step) for _, step, _ in bars)
+    assert Image.open(result.stdout.split()[0]).format == "PNG"
+
+
+def test_test_py_output_url_prints_the_urls_and_saves_the_images(start_gateway, start_app, models, s3, tmp_path):
+    app = start_app({"MODEL_ID": str(models["sd"]), **s3.env(s3.bucket("test-py"))})
+    gateway = start_gateway([app.url], *KEYS)
+    result = run([sys.executable, "test.py", "--steps", "1", "--num-images", "2", "--output", "url",
+                  "--out", str(tmp_path)], client_env(gateway))
+    assert result.returncode == 0, result.stderr
+    urls = [line for line in result.stdout.split() if line.startswith("http://")]
+    paths = [line for line in result.stdout.split() if not line.startswith("http://")]
+    assert len(urls) == 2 and all(f"{s3.url}/test-py/" in url for url in urls)
+    assert [Image.open(path).format for path in paths] == ["PNG", "PNG"]
 
 
 @pytest.mark.parametrize("args, env, message", [
@@ -93,10 +115,11 @@ def newman(gateway, api_key: str, collection: str = "postman_collection.json") -
 def test_the_postman_collection_runs_green_against_a_default_deployment(default_gateway):
     result = newman(default_gateway, "test-key-0123456789")
     assert result.returncode == 0, result.stdout[-3000:]
-    for name in ("Start (wait for result)", "Start (startOnly)", "Check", "Weighted long prompt, few steps", "LoRAs",
-                 "Img2img", "Inpainting"):
+    for name in ("Start (wait for result)", "Start (startOnly)", "Progress", "Check", "Weighted long prompt, few steps",
+                 "LoRAs", "Inputs", "Img2img", "Inpainting"):
         assert f"→ {name}" in result.stdout
     assert "POST" not in lora_request(result)  # no LoRA baked: the request is skipped, not failed
+    assert "POST" not in request_of(result, "Images as URLs")  # no bucket: skipped likewise
 
 
 def test_the_postman_collection_runs_a_lora_where_the_deployment_has_one(gateway):
@@ -105,8 +128,21 @@ def test_the_postman_collection_runs_a_lora_where_the_deployment_has_one(gateway
     assert "POST" in lora_request(result)
 
 
+def test_the_postman_collection_asks_for_urls_where_the_deployment_has_a_bucket(start_gateway, start_app, models,
+                                                                                s3):
+    app = start_app({"MODEL_ID": str(models["sd"]), **s3.env(s3.bucket("postman"))})
+    result = newman(start_gateway([app.url], *KEYS), "test-key-0123456789")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "POST" in request_of(result, "Images as URLs") and s3.keys("postman")
+
+
 def lora_request(result: subprocess.CompletedProcess) -> str:
-    return result.stdout.split("→ With a LoRA", 1)[1].split("→ Img2img")[0]
+    return request_of(result, "With a LoRA")
+
+
+def request_of(result: subprocess.CompletedProcess, name: str) -> str:
+    """What newman printed for one request: up to the next one."""
+    return result.stdout.split(f"→ {name}", 1)[1].split("→ ", 1)[0]
 
 
 def test_the_controlnet_collection_runs_green_against_a_controlnet_deployment(gateway):
@@ -125,7 +161,7 @@ def test_the_postman_collection_is_v2_1_with_the_documented_variables():
     assert collection["info"]["schema"].endswith("/v2.1.0/collection.json")
     assert {v["key"] for v in collection["variable"]} >= {"baseUrl", "apiKey", "modelKey", "callID"}
     names = [item["name"] for item in collection["item"]]
-    assert names[:3] == ["Start (wait for result)", "Start (startOnly)", "Check"]
+    assert names[:4] == ["Start (wait for result)", "Start (startOnly)", "Progress", "Check"]
 
 
 # The original template's test.py, as the issue tracker quotes it: modelInputs straight to the replica, and

@@ -129,7 +129,8 @@ class ProgressState(BaseModel):
 
 
 class Progress(BaseModel):
-    progress: float = Field(description="0 to 1, estimated from the mean run time of recent jobs")
+    progress: float = Field(description="0 to 1: steps done, as the replica tells them (else estimated from the mean "
+                                        "run time of recent jobs)")
     eta_relative: float
     state: ProgressState
     current_image: str | None = None
@@ -167,7 +168,7 @@ def router(generations: Generations, authorized, model_name: str) -> APIRouter:
 
     async def generate(request: Request, body: Txt2Img, key: str, inputs: dict) -> Generated:
         prompt, loras = lora_tags(body.prompt)
-        inputs |= {"prompt": prompt, "width": body.width, "height": body.height,
+        inputs |= {"prompt": prompt, "output": "base64", "width": body.width, "height": body.height,
                    "num_images": body.batch_size * body.n_iter, **({"loras": loras} if loras else {})}
         if body.negative_prompt:
             inputs["negative_prompt"] = body.negative_prompt
@@ -218,11 +219,19 @@ def router(generations: Generations, authorized, model_name: str) -> APIRouter:
     async def options(_: Annotated[str, Depends(api_key)]) -> dict:
         return {"sd_model_checkpoint": model_name, "samples_format": "png", "sd_checkpoint_hash": None}
 
-    @routes.get("/progress", summary="Progress of the caller's latest job (estimated from recent run times)")
+    @routes.get("/progress", summary="Progress of the caller's latest job: its steps, and a preview where the "
+                                     "replicas make them")
     async def progress(key: Annotated[str, Depends(api_key)]) -> Progress:
         job = await generations.latest_job(key)
         if job is None or job.done:
             return Progress(progress=0.0, eta_relative=0.0, state=ProgressState())
+        told = await generations.dispatcher.store.progress(job)
+        if told:
+            preview = told.get("preview")
+            return Progress(progress=round(told["step"] / told["total_steps"], 3), eta_relative=told["eta_s"] or 0.0,
+                            current_image=preview.partition(",")[2] if preview else None,
+                            state=ProgressState(job=job.call_id, job_count=1, sampling_step=told["step"],
+                                                sampling_steps=told["total_steps"]))
         mean = generations.dispatcher.metrics.mean_run_s()
         elapsed = time.time() - job.started if job.started else 0.0
         fraction = min(0.99, elapsed / mean) if mean and job.started else 0.0

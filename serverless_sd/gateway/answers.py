@@ -1,5 +1,6 @@
 """Banana's v4 answer envelope, declared once (Envelope), plus fields old clients ignore (state, queuePosition,
-timings). Every answer of start, check and cancel is one, failures included (HTTP 200, a message with "error")."""
+timings, progress). Every answer of start, check and cancel is one, failures included (HTTP 200, a message with
+"error")."""
 
 import time
 import uuid
@@ -7,6 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from ..progress import Progress
 from .jobs import CANCELLED, EXPIRED, FAILED, SUCCEEDED, Job
 
 API_VERSION = "January 11, 2023"
@@ -24,6 +26,7 @@ class Envelope(BaseModel):
     state: Literal["queued", "running", "succeeded", "failed", "cancelled", "expired"] | None = None
     queuePosition: int | None = Field(None, ge=0, description="while queued: 0 is next")
     timings: dict[str, float] | None = Field(None, description="queued_s, and run_s once it ran")
+    progress: Progress | None = Field(None, description="while running: steps done, seconds left, a preview")
 
 
 def envelope(message: str, **fields) -> dict:
@@ -38,7 +41,8 @@ def error(message: str) -> dict:
     return envelope(message, finished=True, modelOutputs=None)
 
 
-def job_answer(job: Job, result: dict | None, queue_position: int | None = None) -> dict:
+def job_answer(job: Job, result: dict | None, queue_position: int | None = None,
+               progress: dict | None = None) -> dict:
     if job.state == SUCCEEDED:
         message, outputs = "success", [result]
     elif job.state in (FAILED, CANCELLED, EXPIRED):
@@ -48,4 +52,6 @@ def job_answer(job: Job, result: dict | None, queue_position: int | None = None)
     extras = {"state": job.state, "timings": job.timings()}
     if queue_position is not None:
         extras["queuePosition"] = queue_position
+    if progress is not None:
+        extras["progress"] = progress
     return envelope(message, callID=job.call_id, finished=job.done, modelOutputs=outputs, **extras)

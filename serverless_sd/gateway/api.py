@@ -293,7 +293,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
                                       inputs)
         if not body.startOnly:
             job = await dispatcher.wait(job.call_id, config.sync_timeout, request.is_disconnected)
-        answer = answers.job_answer(job, await store.result(job), await store.position(job))
+        answer = answers.job_answer(job, await store.result(job), await store.position(job), await store.progress(job))
         if not job.done:
             answer["message"] = ""  # Banana's start said "" until the call finished
         return answer
@@ -306,7 +306,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
             job = await dispatcher.wait(body.callID, config.long_poll, request.is_disconnected)
         if job is None:  # forgotten (its tombstone lapsed) while we waited
             raise Rejected.unknown(body.callID)
-        return answers.job_answer(job, await store.result(job), await store.position(job))
+        return answers.job_answer(job, await store.result(job), await store.position(job), await store.progress(job))
 
     return app
 

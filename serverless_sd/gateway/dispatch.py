@@ -13,8 +13,10 @@ import time
 from collections.abc import Awaitable, Callable
 
 import httpx
+from pydantic import ValidationError
 
 from .. import logs
+from ..progress import Progress
 from .answers import job_answer
 from .jobs import Job
 from .metrics import Metrics
@@ -23,6 +25,7 @@ from .stores import JobStore
 from .webhooks import TIMEOUT_S, Webhooks
 
 MAX_ATTEMPTS = 2
+PROGRESS_EVERY_S = 0.5  # how often a running job's progress is read from its replica
 
 
 class Dispatcher:
@@ -175,6 +178,7 @@ class Dispatcher:
         if inputs is None:  # cancelled between the claim and now: its inputs are gone with it
             return
         keeper = asyncio.create_task(self._keep_lease(job))
+        watcher = asyncio.create_task(self._relay_progress(job, url))
         try:
             response = await self._client.post(f"{url}/", content=inputs.encode(), headers={
                 "X-Banana-Request-Id": job.call_id, "Content-Type": "application/json"})
@@ -193,6 +197,7 @@ class Dispatcher:
             return
         finally:
             keeper.cancel()
+            watcher.cancel()
         await self._finish(job, **_outcome(response))
 
     async def _keep_lease(self, job: Job) -> None:
@@ -202,6 +207,24 @@ class Dispatcher:
                 await self.store.renew(job, self.lease_s)
             except Exception as error:  # noqa: BLE001 - a store outage: try again next time, the lease has slack
                 logs.event("lease_error", call_id=job.call_id, error=type(error).__name__)
+
+    async def _relay_progress(self, job: Job, url: str) -> None:
+        """The replica's GET /progress, while it runs this job, into the store: any gateway's check answers it."""
+        told = None
+        while True:
+            await asyncio.sleep(PROGRESS_EVERY_S)
+            try:
+                snapshot = (await self._client.get(f"{url}/progress", timeout=3)).json()
+                if not isinstance(snapshot, dict) or snapshot.get("request_id") != job.call_id:
+                    continue  # not started yet, or already done: nothing of this job's to tell
+                progress = Progress.model_validate(snapshot).model_dump()
+                if progress != told:
+                    await self.store.set_progress(job, progress)
+                    told = progress
+            except (httpx.HTTPError, ValueError, ValidationError):
+                continue  # progress is a courtesy: the job itself is watched by _run
+            except Exception as error:  # noqa: BLE001 - a store outage: told again on the next round
+                logs.event("progress_error", call_id=job.call_id, error=type(error).__name__)
 
     async def _finish(self, job: Job, result: str | None = None, error: str | None = None) -> None:
         if not await self.store.finish(job, result=result, error=error):

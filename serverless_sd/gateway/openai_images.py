@@ -23,7 +23,7 @@ OWNER = "sd-serverless-template"
 OPENAI_MODELS = ("dall-e-2", "dall-e-3", "gpt-image-1")
 # modelInputs field -> the OpenAI parameter it came from, so that the app's error names what the caller sent.
 PARAMS = {"prompt": "prompt", "num_images": "n", "width": "size", "height": "size", "width, height": "size",
-          "output_format": "output_format", "image": "image", "mask_image": "mask"}
+          "output_format": "output_format", "image": "image", "mask_image": "mask", "output": "response_format"}
 ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
                413: "invalid_request_error", 429: "rate_limit_exceeded"}
 MAX_MASK_PIXELS = 4096 * 4096
@@ -73,7 +73,8 @@ ERRORS = {status: {"model": ErrorBody, "description": description} for status, d
 
 
 class ImageData(BaseModel):
-    b64_json: str
+    b64_json: str | None = None
+    url: str | None = None
 
 
 class ImagesResponse(BaseModel):
@@ -115,10 +116,9 @@ def router(generations: Generations, authorized, model_name: str) -> APIRouter:
     def model_inputs(prompt: str, model: str | None, n: int, size: str | None, response_format: str | None) -> dict:
         if model is not None and model != model_name and model not in OPENAI_MODELS:
             raise Refused(404, f"The model {model[:80]!r} does not exist: this gateway serves {model_name!r}", "model")
-        if response_format == "url":
-            raise Refused(400, "response_format url needs object storage, which this gateway does not have: "
-                               "use b64_json", "response_format")
-        inputs: dict[str, Any] = {"prompt": prompt, "num_images": n}
+        # url: the replicas store the images in their bucket (S3_BUCKET); without one they refuse, naming output.
+        inputs: dict[str, Any] = {"prompt": prompt, "num_images": n,
+                                  "output": "url" if response_format == "url" else "base64"}
         if size not in (None, "auto"):
             if not (match := SIZE.match(size)):
                 raise Refused(400, f"size must be WIDTHxHEIGHT, such as 512x512, or auto (got {size[:20]!r})", "size")
@@ -133,7 +133,8 @@ def router(generations: Generations, authorized, model_name: str) -> APIRouter:
             raise
         return ImagesResponse(created=int(time.time()), output_format=answer["output_format"],
                               size=f"{answer['width']}x{answer['height']}",
-                              data=[ImageData(b64_json=uri.partition(",")[2]) for uri in answer["images"]])
+                              data=[ImageData(url=url) for url in answer["image_urls"]] if "image_urls" in answer else
+                          [ImageData(b64_json=uri.partition(",")[2]) for uri in answer["images"]])
 
     @routes.post("/images/generations", summary="Create images from a prompt (OpenAI's Images API)")
     async def generations_route(request: Request, body: ImageGeneration,

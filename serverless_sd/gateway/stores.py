@@ -23,6 +23,7 @@ _QUEUE_TIMEOUT = "error: no replica took this job within {s:g} s; are the replic
 _EXPIRED = "error: this callID's result expired (results are kept {s:g} s after the job ends)"
 _CANCELLED = "error: this job was cancelled by the caller"
 BATCH = 100  # index entries handled per round of the periodic work
+PROGRESS_TTL_S = 60  # a running job's progress not renewed in this long is stale (its replica stopped telling)
 
 
 class QueueFull(Exception):
@@ -40,6 +41,8 @@ class Backend(Protocol):
                      end: tuple[str | None, float, float] | None = None) -> bool:
         """Apply changes if every expected field still holds. end=(result, expires, forget): the job ended now, so
         drop its inputs, keep its result until expires and its record until forget."""
+    async def set_progress(self, call_id: str, progress: str, expires: float) -> None: ...
+    async def progress(self, call_id: str) -> str | None: ...
     async def lapsed(self, now: float) -> list[Job]: ...
     async def overdue(self, queued_before: float) -> list[Job]: ...
     async def due_webhooks(self, now: float) -> list[Job]: ...
@@ -85,6 +88,14 @@ class JobStore:
     async def refusal(self, job: Job) -> dict | None:
         """A failed job's error body as the app answered it (which fields it names), where it answered one."""
         text = await self.backend.result(job.call_id) if job.state == FAILED else None
+        return json.loads(text) if text else None
+
+    async def set_progress(self, job: Job, progress: dict) -> None:
+        """A running job's progress (progress.Progress), as its replica last told it: for any gateway's check."""
+        await self.backend.set_progress(job.call_id, json.dumps(progress), time.time() + PROGRESS_TTL_S)
+
+    async def progress(self, job: Job) -> dict | None:
+        text = await self.backend.progress(job.call_id) if job.state == RUNNING else None
         return json.loads(text) if text else None
 
     async def claim(self, backend: str, lease_s: float) -> Job | None:
@@ -195,6 +206,9 @@ class SQLiteBackend:
                               ("by_webhook_due", "webhook_due"), ("by_forget_at", "forget_at")):
             self._db.execute(f"CREATE INDEX IF NOT EXISTS job_{name} ON job ({columns})")
         self._db.execute("CREATE INDEX IF NOT EXISTS job_payload_by_expires ON job_payload (expires)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS job_progress (call_id TEXT PRIMARY KEY, progress TEXT, "
+                         "expires REAL)")
+        self._db.execute("CREATE INDEX IF NOT EXISTS job_progress_by_expires ON job_progress (expires)")
         self._lock = threading.Lock()
         self._select = f"SELECT {', '.join(COLUMNS)} FROM job"
 
@@ -276,8 +290,18 @@ class SQLiteBackend:
             if cursor.rowcount and end:
                 self._db.execute("UPDATE job_payload SET inputs = NULL, result = ?, expires = ? WHERE call_id = ?",
                                  (end[0], end[1], call_id))
+                self._db.execute("DELETE FROM job_progress WHERE call_id = ?", (call_id,))
             return cursor.rowcount == 1
         return await self._run(step)
+
+    async def set_progress(self, call_id: str, progress: str, expires: float) -> None:
+        await self._run(lambda: self._db.execute("INSERT OR REPLACE INTO job_progress (call_id, progress, expires) "
+                                                 "VALUES (?, ?, ?)", (call_id, progress, expires)))
+
+    async def progress(self, call_id: str) -> str | None:
+        row = await self._run(lambda: self._db.execute("SELECT progress FROM job_progress WHERE call_id = ?",
+                                                       (call_id,)).fetchone())
+        return row[0] if row else None
 
     async def lapsed(self, now: float) -> list[Job]:
         return await self._run(self._jobs, "WHERE state = ? AND lease_until < ? LIMIT ?", RUNNING, now, BATCH)
@@ -294,6 +318,8 @@ class SQLiteBackend:
                              "WHERE expires < ? LIMIT ?)", (now, BATCH * 10))
             self._db.execute("DELETE FROM job WHERE call_id IN (SELECT call_id FROM job WHERE forget_at < ? "
                              "LIMIT ?)", (now, BATCH * 10))
+            self._db.execute("DELETE FROM job_progress WHERE call_id IN (SELECT call_id FROM job_progress "
+                             "WHERE expires < ? LIMIT ?)", (now, BATCH * 10))
         await self._run(step)
 
     async def counts(self) -> dict[str, int]:
@@ -311,11 +337,11 @@ class SQLiteBackend:
 
 
 class RedisBackend:
-    """A job is a small hash (its fields JSON-encoded); its inputs and result are keys of their own, the result
-    and, later, the record expiring by Redis' own TTLs. Indexes: the queue (a sorted set by seq), queue deadlines
-    (by queued_at), running jobs (by lease expiry), the webhook outbox (by due time), queued jobs per model key (a
-    hash of counts) and the bytes of inputs held. Every change is one Lua script, atomic across every gateway
-    sharing the database, and keeps the indexes in step with the record's state."""
+    """A job is a small hash (its fields JSON-encoded); its inputs, result and progress are keys of their own, the
+    result, the progress and, later, the record expiring by Redis' own TTLs. Indexes: the queue (a sorted set by
+    seq), queue deadlines (by queued_at), running jobs (by lease expiry), the webhook outbox (by due time), queued
+    jobs per model key (a hash of counts) and the bytes of inputs held. Every change is one Lua script, atomic across
+    every gateway sharing the database, and keeps the indexes in step with the record's state."""
 
     # KEYS: queue, deadline, by_key, bytes, seq, job, inputs.  ARGV: call_id, model_key, max_queued, max_bytes,
     # input_bytes, inputs, then the record's field/value pairs.
@@ -351,7 +377,7 @@ class RedisBackend:
       end
     end
     """
-    # KEYS: job, queue, running, deadline, webhooks, by_key, bytes, inputs, result.
+    # KEYS: job, queue, running, deadline, webhooks, by_key, bytes, inputs, result, progress.
     # ARGV: call_id, n_expect, n_changes, ended (0/1), has_result (0/1), result, result_ms, record_ms,
     #       then the expected and the changed field/value pairs.
     _UPDATE = """
@@ -389,7 +415,7 @@ class RedisBackend:
     end
     if ARGV[4] == '1' then
       redis.call('DECRBY', KEYS[7], cjson.decode(redis.call('HGET', job, 'input_bytes')))
-      redis.call('DEL', KEYS[8])
+      redis.call('DEL', KEYS[8], KEYS[10])
       if ARGV[5] == '1' then redis.call('SET', KEYS[9], ARGV[6], 'PX', ARGV[7]) end
       redis.call('PEXPIRE', job, ARGV[8])
     end
@@ -456,8 +482,15 @@ class RedisBackend:
             for name, value in pairs.items():
                 args += [name, json.dumps(value)]
         keys = [self._key(call_id), self._queue, self._running, self._deadline, self._webhooks, self._by_key,
-                self._bytes, self._key(call_id, "inputs"), self._key(call_id, "result")]
+                self._bytes, *(self._key(call_id, part) for part in ("inputs", "result", "progress"))]
         return bool(await self._update(keys=keys, args=args))
+
+    async def set_progress(self, call_id: str, progress: str, expires: float) -> None:
+        await self._redis.set(self._key(call_id, "progress"), progress, px=max(1, int((expires - time.time()) * 1000)))
+
+    async def progress(self, call_id: str) -> str | None:
+        value = await self._redis.get(self._key(call_id, "progress"))
+        return value.decode() if value is not None else None
 
     async def _indexed(self, index: str, upto: float) -> list[Job]:
         jobs = []

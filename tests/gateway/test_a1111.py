@@ -100,6 +100,23 @@ def test_progress_follows_the_callers_latest_job(api):
     assert api.get_progress()["state"]["job"] == ""  # ended: nothing in progress
 
 
+def test_progress_tells_the_replicas_steps_and_preview(start_gateway, preview_app):
+    gateway = start_gateway([preview_app.url], "--api-key", TEST_KEY)
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=gateway.port, username="anyone", password=TEST_KEY)
+    worker = threading.Thread(target=api.txt2img, kwargs={**FAST, "steps": 120, "sampler_name": "Euler"})
+    worker.start()
+    deadline, seen = time.monotonic() + 60, []
+    while worker.is_alive() and time.monotonic() < deadline:
+        progress = api.get_progress()
+        if progress["state"]["sampling_step"] and progress["current_image"]:
+            seen.append(progress)
+        time.sleep(0.05)
+    worker.join()
+    assert seen, "no step and preview seen while the job ran"
+    assert seen[0]["state"]["sampling_steps"] == 120 and 0 < seen[0]["progress"] < 1
+    assert Image.open(io.BytesIO(base64.b64decode(seen[-1]["current_image"]))).format == "JPEG"
+
+
 def test_a_wrong_key_is_refused(gateway):
     stranger = webuiapi.WebUIApi(host="127.0.0.1", port=gateway.port, username="anyone",
                                  password="wrong-key-0123456789")

@@ -239,3 +239,21 @@ def test_clients_gone_mid_long_poll_leave_nothing_behind(start_gateway, replicas
     second = next(e["call_id"] for e in gateway.events("job") if e["call_id"] != call_id)
     answer = gateway.result(second)
     assert answer["message"] == "success" and answer["modelOutputs"][0]["seeds"] == [32]
+
+
+def test_any_gateway_on_one_redis_answers_a_running_jobs_progress(start_gateway, preview_app, redis_url):
+    """The replica's progress, relayed by the gateway that runs the job, read through another gateway."""
+    store = redis_url.rsplit("/", 1)[0] + "/250"
+    running_it = start_gateway([preview_app.url], store=store)
+    other = start_gateway(["http://127.0.0.1:9"], store=store)  # no replica it can reach: it knows only the store
+    call_id = running_it.start_job({"prompt": "a lighthouse", "num_inference_steps": 120, "seed": 5})["callID"]
+    seen = []
+    while (answer := other.check(call_id))["state"] in ("queued", "running"):
+        if answer.get("progress") and (not seen or answer["progress"] != seen[-1]):
+            seen.append(answer["progress"])
+        time.sleep(0.05)
+    assert answer["message"] == "success" and "progress" not in answer
+    assert len(seen) >= 2, seen
+    assert [p["step"] for p in seen] == sorted(p["step"] for p in seen) and seen[-1]["total_steps"] == 121
+    assert any(p["preview"] and p["preview"].startswith("data:image/jpeg;base64,") for p in seen)
+    assert all(p["eta_s"] is not None for p in seen if p["step"] > 1)

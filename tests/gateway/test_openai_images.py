@@ -71,13 +71,24 @@ def test_edit_with_a_mask_inpaints_and_without_one_redraws(client):
     ({"size": "big"}, openai.BadRequestError, "size", "WIDTHxHEIGHT"),
     ({"n": 99}, openai.BadRequestError, "n", "at most"),
     ({"model": "sdxl-turbo"}, openai.NotFoundError, "model", "serves 'stable-diffusion'"),
-    ({"response_format": "url"}, openai.BadRequestError, "response_format", "object storage"),
+    ({"response_format": "url"}, openai.BadRequestError, "response_format", "stores no images"),
     ({"extra_body": {"bogus": 1}}, openai.BadRequestError, "bogus", "extra inputs"),
 ])
 def test_a_bad_input_is_the_sdks_own_error_with_our_message(client, call, error, param, words):
     with pytest.raises(error) as raised:
         client.images.generate(prompt="a lighthouse", **call)
     assert raised.value.body["param"] == param and words.lower() in raised.value.message.lower()
+
+
+def test_response_format_url_answers_the_buckets_urls(start_gateway, start_app, models, s3):
+    app = start_app({"MODEL_ID": str(models["sd"]), **s3.env(s3.bucket("openai-images"))})
+    gateway = start_gateway([app.url], "--api-key", TEST_KEY)
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=TEST_KEY, max_retries=0)
+    answer = client.images.generate(prompt="a lighthouse", n=2, size="64x64", response_format="url")
+    assert [item.b64_json for item in answer.data] == [None, None]
+    assert all(httpx.get(item.url).content[:4] == b"\x89PNG" for item in answer.data)
+    inline = client.images.generate(prompt="a lighthouse", size="64x64", response_format="b64_json")
+    assert inline.data[0].b64_json and inline.data[0].url is None  # b64_json still, where a bucket is configured
 
 
 def test_a_wrong_key_is_an_authentication_error(gateway):

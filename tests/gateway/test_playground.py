@@ -29,13 +29,19 @@ def browser():
         browser.close()
 
 
-@pytest.fixture
-def page(browser, gateway):
+def open_page(browser, gateway):
+    """A fresh tab on the gateway's playground, the key typed in."""
     context = browser.new_context(viewport={"width": 1100, "height": 900})
     page = context.new_page()
     page.goto(gateway.url + "/")
     page.fill("#apiKey", "page-key-0123456789")
     page.dispatch_event("#apiKey", "change")
+    return context, page
+
+
+@pytest.fixture
+def page(browser, gateway):
+    context, page = open_page(browser, gateway)
     page.fill("#num_inference_steps", "2")
     yield page
     context.close()
@@ -57,8 +63,26 @@ def test_generate_shows_the_image_with_its_seed_and_reuses_it(page, tmp_path):
     assert page.locator("#results a", has_text="Download").first.get_attribute("download") == \
         "image-18446744073709551615.png"
     page.screenshot(path=str(tmp_path / "playground.png"), full_page=True)
+
+
+def test_a_running_job_shows_a_progress_bar_of_its_steps_and_its_preview(browser, start_gateway, preview_app, tmp_path):
+    context, page = open_page(browser, start_gateway([preview_app.url], "--api-key", "page-key-0123456789"))
+    page.fill("#prompt", "a lighthouse")
+    page.fill("#num_inference_steps", "150")
+    page.click("#generate")
+    expect(page.locator("#preview")).to_be_visible(timeout=60_000)
+    expect(page.locator("#status")).to_contain_text("step ")
+    value, maximum = page.evaluate("() => [document.querySelector('#progress').value, "
+                                   "document.querySelector('#progress').max]")
+    assert maximum == 151 and 0 < value < maximum  # PNDM's 151 steps, some of them done
+    assert page.evaluate("() => document.querySelector('#preview').naturalWidth") == 32  # PREVIEW_SIDE
+    page.screenshot(path=str(tmp_path / "running.png"), full_page=True)
     if os.environ.get("UPDATE_SCREENSHOT"):
         page.screenshot(path="images/playground.png", full_page=True)
+    expect(page.locator("#status")).to_contain_text("done in", timeout=60_000)
+    expect(page.locator("#preview")).to_be_hidden()
+    assert page.evaluate("() => document.querySelector('#progress').hidden")
+    context.close()
 
 
 def test_the_lora_picker_offers_the_baked_loras_and_sends_them_with_their_scales(page, gateway):

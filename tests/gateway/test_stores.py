@@ -7,6 +7,7 @@ import json
 import pytest
 import redis
 
+from serverless_sd.gateway import stores
 from serverless_sd.gateway.jobs import Job
 from serverless_sd.gateway.stores import QueueFull, open_store
 
@@ -96,6 +97,34 @@ def test_an_ended_job_drops_its_inputs(store_url):
         cancelled = await add(store)
         assert await store.cancel(await store.get(cancelled.call_id))
         assert await store.inputs(cancelled.call_id) is None
+    run(store_url, scenario)
+
+
+def test_a_running_jobs_progress_is_kept_until_it_ends(store_url):
+    async def scenario(store):
+        queued = await add(store)
+        job = await store.claim("b", 30)
+        await store.set_progress(job, {"step": 3, "total_steps": 10})
+        assert await store.progress(await store.get(job.call_id)) == {"step": 3, "total_steps": 10}
+        await store.set_progress(job, {"step": 4, "total_steps": 10})
+        assert (await store.progress(job))["step"] == 4
+        assert await store.finish(job, result="{}")
+        ended = await store.get(job.call_id)
+        assert await store.progress(ended) is None and await store.backend.progress(job.call_id) is None
+        assert await store.progress(await add(store)) is None and queued.call_id == job.call_id
+    run(store_url, scenario)
+
+
+def test_progress_no_replica_renews_expires(store_url, monkeypatch):
+    monkeypatch.setattr(stores, "PROGRESS_TTL_S", 0.2)
+
+    async def scenario(store):
+        await add(store)
+        job = await store.claim("b", 30)
+        await store.set_progress(job, {"step": 1})
+        await asyncio.sleep(0.5)
+        await store.sweep(3600)  # SQLite purges in the periodic work; Redis expires the key itself
+        assert await store.backend.progress(job.call_id) is None
     run(store_url, scenario)
 
 

@@ -6,6 +6,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 import pytest
 
 from serverless_sd.gateway.webhooks import verify
@@ -117,3 +118,17 @@ def test_a_delivery_owed_by_a_gateway_killed_mid_retry_is_made_after_its_restart
     assert receiver.done.wait(40)
     assert json.loads(receiver.received[-1][1])["callID"] == call_id
     assert len(receiver.received) == 2
+
+
+def test_with_a_bucket_the_webhook_carries_urls_not_base64(start_gateway, start_app, models, s3, receiver):
+    app = start_app({"MODEL_ID": str(models["sd"]), **s3.env(s3.bucket("hooked"))})
+    gateway = start_gateway([app.url], "--webhook-host", f"127.0.0.1:{RECEIVER_PORT}")
+    receiver = receiver(failures=0)
+    gateway.start_job({**FAST, "seed": 8, "num_images": 2}, webhook=receiver.url)
+    assert receiver.done.wait(60)
+    body = receiver.received[0][1]
+    output = json.loads(body)["modelOutputs"][0]
+    assert "images" not in output and "image_base64" not in output and b"base64" not in body
+    assert len(output["image_urls"]) == 2 and len(body) < 4096  # a site told "done" without any image's bytes
+    for url in output["image_urls"]:
+        assert httpx.get(url).content[:4] == b"\x89PNG"
