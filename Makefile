@@ -11,7 +11,7 @@ SDKS := 4.0.0 6.3.0
 APP_PORT ?= 8000
 GATEWAY_PORT ?= 8080
 
-.PHONY: setup lint test fuzz loadtest soak serve demo download bench bench-families bench-few-step bench-loras bench-wheels coldstart clean
+.PHONY: setup lint test fuzz loadtest soak serve demo download bench bench-families bench-few-step bench-loras bench-previews bench-wheels coldstart clean
 
 setup: $(STAMP)
 
@@ -89,6 +89,10 @@ bench-wheels: setup
 # What a LoRA switch and a fused LoRA cost on this CPU, against plain diffusers' adapters (bench/results/loras.json).
 bench-loras: setup
 	$(PY) -m bench.loras
+
+# Progress previews: their cost per image, TAESD against the VAE (bench/results/previews.json).
+bench-previews: setup
+	$(PY) -m bench.previews
 
 # Zero to first image: no replica, a job, a scaler on GET /scale starts one (bench/results/cold_start.json).
 coldstart: setup

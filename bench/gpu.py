@@ -65,6 +65,7 @@ def main() -> None:
     for family in ("sd3", "flux"):  # the transformer's CUDA graphs: the same image as eager, bit for bit
         safely(f"{family}_cuda_graphs_same_image", lambda family=family: family_graphs(family, args.model.parent))
     safely("lora_under_cuda_graphs_and_compile", lambda: lora_graphs(args.model.parent))
+    safely("previews_under_cuda_graphs_and_compile", lambda: preview_graphs(args.model.parent))
 
 
 def lora_graphs(root: Path) -> dict:
@@ -90,6 +91,45 @@ def lora_graphs(root: Path) -> dict:
     return {"lora_changes_the_image": all(h[0] != h[1] for h in images.values()),
             "restored_bit_for_bit": all(h[0] == h[2] for h in images.values()),
             "cuda_graphs_same_as_eager": images["cuda_graphs"] == images["eager"], "hashes": images}
+
+
+def preview_graphs(root: Path) -> dict:
+    """Previews read the latents between replays of the UNet's graph (and of COMPILE=1's): they must change nothing
+    in the image, and a preview must come, under eager, CUDA graphs and COMPILE=1."""
+    import threading
+
+    from testkit import model_factory
+
+    folder = model_factory.save_tiny_sd(root / "tiny-sd")
+    decoder = model_factory.save_tiny_preview_decoder(root / "tiny-taesd")
+    hashes, previews = {}, {}
+    for name, env in (("eager", {"CUDA_GRAPHS": "0"}), ("cuda_graphs", {}), ("compile", {"COMPILE": "1"})):
+        for every in ("0", "2"):
+            app = App(folder, timeout=600, PREVIEW_EVERY=every, PREVIEW_DECODER=str(decoder), **env)
+            seen = []
+            try:
+                for _ in range(2):  # captured on the second call, replayed from the third
+                    app.generate(width=256, height=256, num_inference_steps=60, seed=5)
+                done = threading.Event()
+                watcher = threading.Thread(target=watch, args=(app.url, seen, done))
+                watcher.start()
+                _, answer = app.generate(width=256, height=256, num_inference_steps=60, seed=5)
+                done.set()
+                watcher.join()
+            finally:
+                app.stop()
+            hashes[f"{name}_every_{every}"] = hashlib.sha256(answer["image_base64"].encode()).hexdigest()
+            previews[f"{name}_every_{every}"] = sum(1 for s in seen if s.get("preview"))
+    return {"same_image_with_previews": all(hashes[f"{n}_every_0"] == hashes[f"{n}_every_2"]
+                                            for n in ("eager", "cuda_graphs", "compile")),
+            "previews_seen": previews, "hashes": hashes}
+
+
+def watch(url: str, seen: list, done) -> None:
+    import httpx
+
+    while not done.wait(0.005):
+        seen.append(httpx.get(f"{url}/progress").json())
 
 
 def family_graphs(family: str, root: Path) -> dict:

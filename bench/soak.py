@@ -94,7 +94,7 @@ def gateway_soak(tmp: Path, model: Path, jobs: int, clients: int) -> dict:
         for replica in replicas:
             replica.wait_ready()
         gateway = GatewayProcess(tmp, [r.url for r in replicas], server.url, "--api-key", TEST_KEY,
-                                 "--result-ttl", str(RESULT_TTL_S), nofile=NOFILE).wait_ready(60)
+                                 "--result-ttl", str(RESULT_TTL_S), nofile=NOFILE).wait_ready()
         # Connection pools (Redis, replicas) grow to what the clients' concurrency needs, then stay: measured after.
         warm_up = run_load(gateway, replicas, max(40, jobs // 10), clients, api_key=TEST_KEY)
         redis_start_mb = raw.info("memory")["used_memory"] / 2**20

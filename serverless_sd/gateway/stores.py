@@ -91,7 +91,8 @@ class JobStore:
         return json.loads(text) if text else None
 
     async def set_progress(self, job: Job, progress: dict) -> None:
-        """A running job's progress (progress.Progress), as its replica last told it: for any gateway's check."""
+        """A running job's progress (progress.Progress), as its replica last told it: for any gateway's check. Kept
+        only while the job runs: a write that comes after its end (a relay cancelled mid-write) is dropped."""
         await self.backend.set_progress(job.call_id, json.dumps(progress), time.time() + PROGRESS_TTL_S)
 
     async def progress(self, job: Job) -> dict | None:
@@ -295,8 +296,10 @@ class SQLiteBackend:
         return await self._run(step)
 
     async def set_progress(self, call_id: str, progress: str, expires: float) -> None:
-        await self._run(lambda: self._db.execute("INSERT OR REPLACE INTO job_progress (call_id, progress, expires) "
-                                                 "VALUES (?, ?, ?)", (call_id, progress, expires)))
+        await self._run(lambda: self._db.execute(
+            "INSERT OR REPLACE INTO job_progress (call_id, progress, expires) SELECT ?, ?, ? "
+            "WHERE EXISTS (SELECT 1 FROM job WHERE call_id = ? AND state = ?)",
+            (call_id, progress, expires, call_id, RUNNING)))
 
     async def progress(self, call_id: str) -> str | None:
         row = await self._run(lambda: self._db.execute("SELECT progress FROM job_progress WHERE call_id = ?",
@@ -377,6 +380,12 @@ class RedisBackend:
       end
     end
     """
+    # KEYS: job, progress.  ARGV: progress, milliseconds to keep it.
+    _SET_PROGRESS = """
+    if redis.call('HGET', KEYS[1], 'state') ~= '"running"' then return 0 end
+    redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+    return 1
+    """
     # KEYS: job, queue, running, deadline, webhooks, by_key, bytes, inputs, result, progress.
     # ARGV: call_id, n_expect, n_changes, ended (0/1), has_result (0/1), result, result_ms, record_ms,
     #       then the expected and the changed field/value pairs.
@@ -438,6 +447,7 @@ class RedisBackend:
         self._add = self._redis.register_script(self._ADD)
         self._claim = self._redis.register_script(self._CLAIM)
         self._update = self._redis.register_script(self._UPDATE)
+        self._set_progress = self._redis.register_script(self._SET_PROGRESS)
 
     def _key(self, call_id: str, part: str = "job") -> str:
         return f"{self._prefix}{part}:{call_id}"
@@ -486,7 +496,8 @@ class RedisBackend:
         return bool(await self._update(keys=keys, args=args))
 
     async def set_progress(self, call_id: str, progress: str, expires: float) -> None:
-        await self._redis.set(self._key(call_id, "progress"), progress, px=max(1, int((expires - time.time()) * 1000)))
+        await self._set_progress(keys=[self._key(call_id), self._key(call_id, "progress")],
+                                 args=[progress, max(1, int((expires - time.time()) * 1000))])
 
     async def progress(self, call_id: str) -> str | None:
         value = await self._redis.get(self._key(call_id, "progress"))

@@ -112,6 +112,8 @@ def test_a_running_jobs_progress_is_kept_until_it_ends(store_url):
         ended = await store.get(job.call_id)
         assert await store.progress(ended) is None and await store.backend.progress(job.call_id) is None
         assert await store.progress(await add(store)) is None and queued.call_id == job.call_id
+        await store.set_progress(job, {"step": 5, "total_steps": 10})  # a relay's write that lands after the end
+        assert await store.backend.progress(job.call_id) is None
     run(store_url, scenario)
 
 
