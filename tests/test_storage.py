@@ -14,8 +14,10 @@ FAST = {"prompt": "a lighthouse", "num_inference_steps": 2, "seed": 11, "num_ima
 
 @pytest.fixture(scope="module")
 def bucket_app(start_app, models, s3):
-    return start_app({"MODEL_ID": str(models["sd"]), **s3.env(s3.bucket("images"), S3_PREFIX="site/",
-                                                                    S3_URL_EXPIRES_S="900")})
+    app = start_app({"MODEL_ID": str(models["sd"]), **s3.env(s3.bucket("images"), S3_PREFIX="site/",
+                                                                   S3_URL_EXPIRES_S="900")})
+    yield app
+    app.stop()  # this module's alone: not held to the end of the session
 
 
 def test_with_a_bucket_images_are_answered_as_presigned_urls_to_the_same_bytes(bucket_app):
