@@ -10,6 +10,8 @@ from collections.abc import Callable
 
 from pydantic import BaseModel, Field
 
+from . import logs
+
 MAX_PREVIEW_CHARS = 256 * 1024  # a preview is a small JPEG; the gateway refuses to store anything larger
 
 
@@ -55,7 +57,10 @@ class Tracker:
         pace = (now - self._first_step) / step if step else now - self._started
         preview = current.preview
         if self.preview is not None and self.every and done % self.every == 0 and done < total:  # the end: the image
-            preview = self.preview(pipe, tensors["latents"], self._size)
+            try:
+                preview = self.preview(pipe, tensors["latents"], self._size)
+            except Exception as error:  # noqa: BLE001 - a preview is a courtesy: the image it shows goes on
+                logs.event("preview_error", error=type(error).__name__)
         self.current = (request_id, Progress(step=done, total_steps=total, elapsed_s=round(now - self._started, 3),
                                              eta_s=round(pace * (total - done), 3), preview=preview))
         return tensors

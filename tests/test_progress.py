@@ -80,6 +80,20 @@ def test_a_preview_is_the_first_image_as_it_stands():
     assert plain.snapshot()["preview"] is None and plain.snapshot()["total_steps"] == 6
 
 
+def test_a_preview_that_fails_leaves_the_request_alone():
+    class Pipe:
+        num_timesteps = 4
+
+    def broken(pipe, latents, size):
+        raise RuntimeError("out of memory in the decoder")
+
+    tracker = Tracker(broken, every=1)
+    tracker.begin("r", (64, 64))
+    tensors = {"latents": object()}
+    assert tracker.step(Pipe(), 0, None, tensors) is tensors
+    assert tracker.snapshot()["step"] == 1 and tracker.snapshot()["preview"] is None
+
+
 def test_progress_without_previews_costs_no_decoder(sd_app):
     seen, answer = watch(sd_app, LONG, "progress-3")
     assert answer.status_code == 200 and seen and not [s for s in seen if s["preview"]]
