@@ -49,7 +49,6 @@ class Generation:
     seeds: list[int]
     nsfw: list[bool]
     inference_ms: float
-    as_urls: bool = False  # output "url": stored in the bucket, answered as URLs
 
     def answer(self, bucket: Bucket | None = None) -> dict:
         """The answer: the images encoded once, as data URIs or, stored in the bucket, as URLs (StorageError if the
@@ -59,7 +58,7 @@ class Generation:
         encoded = [images.encode(image, output_format) for image in self.images]
         timings = {"inference_ms": round(self.inference_ms, 1),
                    "encode_ms": round((time.perf_counter() - started) * 1000, 1)}
-        if self.as_urls:
+        if bucket is not None and self.inputs.output != "base64":  # "url", the default where a bucket is
             started = time.perf_counter()
             stored = bucket.store(encoded, output_format)
             where = {"image_urls": stored.urls, "urls_expire_at": stored.expires_at}
@@ -265,7 +264,7 @@ class StableDiffusion:
         # The safety checker, where the model has one, blanks each flagged image and flags it; the rest stand.
         nsfw = [bool(flag) for flag in (getattr(result, "nsfw_content_detected", None) or [False] * len(image_seeds))]
         return Generation(inputs, self.family.name, result.images, image_seeds, nsfw,
-                          (time.perf_counter() - started) * 1000, inputs.as_urls(self.limits))
+                          (time.perf_counter() - started) * 1000)
 
 
 def size_multiple(family: Family, pipe: DiffusionPipeline) -> int:

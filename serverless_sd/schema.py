@@ -336,9 +336,6 @@ class GenerateInputs(BaseModel):
             default = (limits.native_width, limits.native_height)
         return self.width or default[0], self.height or default[1]
 
-    def as_urls(self, limits: Limits) -> bool:
-        return self.output == "url" or (self.output is None and limits.bucket)
-
     def schedule_steps(self) -> int:
         """The schedule's length. img2img and inpainting run its last num_inference_steps x strength steps; where
         that is under one, the schedule is lengthened until one step runs, at the strength asked for (as
