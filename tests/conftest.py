@@ -1,6 +1,7 @@
 """Shared fixtures: tiny random-weight models built once, and real app processes on free ports."""
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -43,11 +44,10 @@ def start_app(tmp_path_factory):
 
     def start(env: dict, script: str = "app.py", wait: bool = True, nofile: int | None = None,
               **where) -> AppProcess:
-        app = AppProcess(tmp, env, script, nofile, **where)
+        app = _started(AppProcess(tmp, env, script, nofile, **where))
         started.append(app)
         return app.wait_ready() if wait else app
 
-    start.started = started
     yield start
     for app in started:
         app.stop()
@@ -62,27 +62,40 @@ def start_gateway(tmp_path_factory):
     def start(backends: list[str], *flags: str, store: str | None = None, wait: bool = True,
               env: dict | None = None) -> GatewayProcess:
         store = store or f"sqlite:///{tmp_path_factory.mktemp('store')}/jobs.db"
-        gateway = GatewayProcess(tmp, backends, store, *flags, env=env)
+        gateway = _started(GatewayProcess(tmp, backends, store, *flags, env=env))
         started.append(gateway)
         return gateway.wait_ready(60) if wait else gateway
 
-    start.started = started
     yield start
     for gateway in started:
         gateway.stop()
 
 
+_TESTS_OWN: list = []  # replicas and gateways started by a test's own body
+
+
+def _started(service):
+    """Owned by the test when its body (or a helper it calls) started it; by a fixture when a fixture's setup did,
+    even one first asked for by request.getfixturevalue: the nearer of the two on the stack decides."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        if frame.f_code.co_name == "call_fixture_func":  # pytest setting up a fixture
+            return service
+        if frame.f_code.co_name.startswith("test_"):
+            _TESTS_OWN.append(service)
+            return service
+        frame = frame.f_back
+    return service
+
+
 @pytest.fixture(autouse=True)
-def stop_what_the_test_started(start_app, start_gateway):
-    """Replicas and gateways a test starts for itself stop when it ends; those of session and module fixtures (set
-    up before this one: higher scopes first) when their scope ends. A replica holds about 0.5 GB: kept to the end of
-    the session, two workers' worth of them ran this 24 GB machine out of memory."""
-    apps, gateways = len(start_app.started), len(start_gateway.started)
+def stop_what_the_test_started():
+    """Replicas and gateways a test's body starts stop when it ends; a fixture's (even one first asked for by
+    request.getfixturevalue) when its scope ends. A replica holds about 0.5 GB: kept to the end of the session,
+    two workers' worth of them ran this 24 GB machine out of memory."""
     yield
-    for started, kept in ((start_app.started, apps), (start_gateway.started, gateways)):
-        for service in started[kept:]:
-            service.stop()
-        del started[kept:]
+    while _TESTS_OWN:
+        _TESTS_OWN.pop().stop()
 
 
 @pytest.fixture(scope="session")
