@@ -25,8 +25,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--model", type=Path, default=Path("/tmp/sd15-random"))
+    parser.add_argument("parts", nargs="*", default=["speed", "paths"],
+                        help="speed: plain diffusers against the app (about 6 minutes); paths: the paths off the "
+                             "benchmark (COMPILE=1's variants, graphs at mixed sizes, the worst case's memory)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    name_of_results = "gpu.json" if set(args.parts) == {"speed", "paths"} else f"gpu-{'-'.join(args.parts)}.json"
     results = {"machine": {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
                            "python": platform.python_version(),
                            "driver": subprocess.run(["nvidia-smi", "--query-gpu=driver_version",
@@ -36,7 +40,7 @@ def main() -> None:
 
     def record(name: str, value) -> None:
         results[name] = value
-        (args.out / "gpu.json").write_text(json.dumps(results, indent=2))
+        (args.out / name_of_results).write_text(json.dumps(results, indent=2))
         print(name, json.dumps(value), flush=True)
 
     started = time.perf_counter()
@@ -49,6 +53,17 @@ def main() -> None:
         except Exception as error:  # noqa: BLE001 - keep the other figures
             record(name, {"error": f"{type(error).__name__}: {error}"[-2000:]})
 
+    if "speed" in args.parts:
+        speed(model, args.model.parent, safely, results, record)
+    if "paths" in args.parts:
+        safely("compile_paths", lambda: compile_paths(args.model.parent))
+        safely("cuda_graphs_mixed_sizes", lambda: graphs_mixed_sizes(args.model.parent))
+        safely("memory_worst_case", lambda: memory_worst_case(model))
+
+
+def speed(model: Path, root: Path, safely, results: dict, record) -> None:
+    """Plain diffusers fp32 and fp16 against the app's default, without CUDA graphs and with COMPILE=1; then the
+    transformers', LoRAs' and previews' paths under graphs and compile (tiny models: the path, not the speed)."""
     safely("bare_cold_start", lambda: plain_diffusers(model, device="cuda", dtype="float16", load_only=True))
     for dtype in ("float32", "float16"):
         safely(f"plain_{dtype}", lambda dtype=dtype: summarize(plain_diffusers(
@@ -63,9 +78,9 @@ def main() -> None:
                == results["app_without_cuda_graphs"].get("image_sha256"))
     safely("app_compile", lambda: measure_app(model, COMPILE="1"))
     for family in ("sd3", "flux"):  # the transformer's CUDA graphs: the same image as eager, bit for bit
-        safely(f"{family}_cuda_graphs_same_image", lambda family=family: family_graphs(family, args.model.parent))
-    safely("lora_under_cuda_graphs_and_compile", lambda: lora_graphs(args.model.parent))
-    safely("previews_under_cuda_graphs_and_compile", lambda: preview_graphs(args.model.parent))
+        safely(f"{family}_cuda_graphs_same_image", lambda family=family: family_graphs(family, root))
+    safely("lora_under_cuda_graphs_and_compile", lambda: lora_graphs(root))
+    safely("previews_under_cuda_graphs_and_compile", lambda: preview_graphs(root))
 
 
 def lora_graphs(root: Path) -> dict:
@@ -123,6 +138,82 @@ def preview_graphs(root: Path) -> dict:
     return {"same_image_with_previews": all(hashes[f"{n}_every_0"] == hashes[f"{n}_every_2"]
                                             for n in ("eager", "cuda_graphs", "compile")),
             "previews_seen": previews, "hashes": hashes}
+
+
+def attempt(app: App, **inputs) -> dict:
+    """One request: its status, its time, its image's hash; an error answer is a result here, not an exception."""
+    import urllib.error
+
+    try:
+        wall, answer = app.generate(**inputs)
+    except urllib.error.HTTPError as error:
+        return {"status": error.code, "error": error.read().decode()[:300]}
+    return {"status": 200, "s": round(wall, 3), "sha256": hashlib.sha256(answer["images"][0].encode()).hexdigest()}
+
+
+def health(app: App) -> dict:
+    import httpx
+
+    return httpx.get(app.url + "/healthz").json()
+
+
+def compile_paths(root: Path) -> dict:
+    """COMPILE=1 off its one benchmarked path (issue 16, defects 1 and 2): PNDM without guidance (it failed every
+    request), and variants the warm-up did not compile (another size, 2 images, guidance off, DDIM's integer
+    timesteps, more than torch's 8 recompiles): each must answer at once from the CUDA-graph path, compiling
+    nothing. The tiny model: the path, not the speed."""
+    from testkit import model_factory
+
+    folder = model_factory.save_tiny_sd(root / "tiny-sd")
+    results = {}
+    app = App(folder, timeout=600, COMPILE="1", COMPILE_SIZES="256x256", DEFAULT_GUIDANCE_SCALE="1")
+    try:  # compiled with guidance off: the model's default here
+        results["pndm_without_guidance"] = [attempt(app, width=256, height=256, num_inference_steps=8,
+                                                    scheduler="pndm") for _ in range(3)]
+    finally:
+        app.stop()
+    app = App(folder, timeout=600, COMPILE="1", COMPILE_SIZES="256x256")
+    try:
+        variants = {"listed": {}, "ddim": {"scheduler": "ddim"}, "guidance_off": {"guidance_scale": 1.0},
+                    "two_images": {"num_images": 2}, "other_size": {"width": 384},
+                    **{f"size_{side}": {"width": side} for side in range(128, 128 + 64 * 10, 64)}}
+        for name, inputs in variants.items():
+            results[name] = attempt(app, **{"width": 256, "height": 256, "num_inference_steps": 8, **inputs})
+        results["healthz"] = health(app)
+    finally:
+        app.stop()
+    return results
+
+
+def graphs_mixed_sizes(root: Path) -> dict:
+    """CUDA graphs of several sizes, all captured into one memory pool, replayed in another order than captured
+    and past the 4 graphs kept (evictions): each image must equal the eager one, bit for bit."""
+    from testkit import model_factory
+
+    folder = model_factory.save_tiny_sd(root / "tiny-sd")
+    order = [(256, 256), (384, 256), (256, 384), (512, 512), (384, 384)] * 3 + [(256, 256), (512, 512)]
+    hashes = {}
+    for name, env in (("eager", {"CUDA_GRAPHS": "0"}), ("cuda_graphs", {})):
+        app = App(folder, timeout=300, **env)
+        try:
+            hashes[name] = [attempt(app, width=w, height=h, num_inference_steps=4, seed=5).get("sha256")
+                            for w, h in order]
+            hashes[f"{name}_healthz"] = health(app)
+        finally:
+            app.stop()
+    return {"same_as_eager": hashes["eager"] == hashes["cuda_graphs"], **hashes}
+
+
+def memory_worst_case(model: Path) -> dict:
+    """The SD-1.5-sized model at its largest requests (1024x1024 and 4 images, the defaults' limits), with graphs
+    at four sizes held: the GPU memory the app reserves at its peak, which must fit a 24 GB card."""
+    app = App(model, timeout=600)
+    try:
+        sizes = [(1024, 1024), (768, 768), (1024, 512), (512, 1024), (1024, 1024)]
+        runs = [attempt(app, width=w, height=h, num_images=4, num_inference_steps=4) for w, h in sizes for _ in (0, 1)]
+        return {"runs": runs, "healthz": health(app)}
+    finally:
+        app.stop()
 
 
 def watch(url: str, seen: list, done) -> None:

@@ -161,7 +161,6 @@ class Fuser:
     def weight(self, component: str, path: str) -> torch.Tensor:
         """The weight a LoRA layer changes: the module's own, or its rows of a fused projection."""
         root = getattr(self.pipe, component)
-        root = getattr(root, "_orig_mod", root)  # COMPILE=1: the compiled wrapper holds the model
         parent_path, _, leaf = path.rpartition(".")
         parent = root.get_submodule(parent_path)
         if getattr(parent, "fused_projections", False):
@@ -276,7 +275,6 @@ def _hollow_pipeline(pipe):
     hollow = {}
     for name in _loadable(pipe):
         model = getattr(pipe, name)
-        model = getattr(model, "_orig_mod", model)
         with torch.device("meta"):
             copy = (type(model).from_config(model.config) if isinstance(model, diffusers.ModelMixin)
                     else type(model)(model.config))

@@ -1,6 +1,7 @@
 """The Stable Diffusion pipeline: loaded once, then one generation per request, one generator per image."""
 
 import inspect
+import itertools
 import json
 import time
 from dataclasses import dataclass
@@ -16,13 +17,14 @@ from diffusers import (
 from PIL import Image
 
 from . import families, images, logs, prompts, schedulers, seeds, weights
+from .compiled import Compiled
 from .cuda_graphs import CudaGraphed
 from .families import Family, FamilyError
 from .loras import Library as LoraLibrary
 from .previews import Previewer
 from .progress import Tracker
-from .schema import Answer, GenerateInputs, Limits
-from .settings import Settings
+from .schema import Answer, GenerateInputs, InputError, Limits, parse
+from .settings import Settings, SettingsError
 from .storage import Bucket
 
 
@@ -90,7 +92,8 @@ class StableDiffusion:
         self.family = family
         self.controlnet = controlnet
         self.model_scheduler = pipe.scheduler  # never run: each request gets a fresh scheduler built from it
-        self.wants_warm_up = False
+        self.warm_ups: list[GenerateInputs] = []  # planned at load (plan_warm_ups), run on the serving thread
+        self.compiled: list[Compiled] = []
         self.offload_device: torch.device | None = None  # CPU_OFFLOAD: the device each model moves to while it runs
         self.offloaded_mode: str | None = None
         self.encoder = prompts.Encoder(pipe) if family.clip_prompts else None  # weights, long prompts, clip_skip
@@ -108,6 +111,10 @@ class StableDiffusion:
             self.modes["controlnet"] = AutoPipelineForText2Image.from_pipe(pipe, controlnet=controlnet)
         for mode in self.modes.values():
             mode.set_progress_bar_config(disable=True)
+        # The VAE decodes a batch one image at a time: the same images, a quarter of the peak memory for 4 (SDXL's
+        # fp32 decoder, 4 images at 1024x1024: near 12 GiB at once), for a few milliseconds each.
+        if hasattr(pipe.vae, "use_slicing"):
+            pipe.vae.enable_slicing()
         # Which inputs each mode's pipeline takes (SDXL's img2img takes no size; SD 3's ControlNet: control_image).
         self.takes = {name: set(inspect.signature(mode.__call__).parameters) for name, mode in self.modes.items()}
         native = (getattr(pipe, "default_sample_size", None) or denoiser.config.sample_size) * pipe.vae_scale_factor
@@ -121,7 +128,9 @@ class StableDiffusion:
             loras=tuple(self.loras.baked))
 
     @classmethod
-    def load(cls, settings: Settings) -> "StableDiffusion":
+    def load(cls, settings: Settings, compile_backend: str = "inductor") -> "StableDiffusion":
+        """compile_backend: torch.compile's, with COMPILE=1 (the tests' "eager" traces and guards as inductor does,
+        without its code generation's minutes)."""
         folder = weights.locate(settings.model_id, settings.models_dir, safety_checker=settings.safety_checker,
                                 drop_t5=settings.drop_t5)
         family = families.of(folder)
@@ -171,26 +180,54 @@ class StableDiffusion:
             # can be captured or compiled around it.
             model.offload_device = device
             logs.event("cpu_offload", compile=False, cuda_graphs=False)
-        elif settings.compile:
-            model.compile()
-        elif device.type == "cuda" and settings.cuda_graphs:
+        else:
+            graphs = device.type == "cuda" and settings.cuda_graphs
             denoiser = family.denoiser_of(pipe)
-            denoiser.forward = CudaGraphed(denoiser.forward)
-        model.wants_warm_up = settings.warm_up == "on" or (settings.warm_up == "auto" and device.type == "cuda")
+            if settings.compile:
+                model.compile(compile_backend, denoiser_fallback=CudaGraphed(denoiser.forward) if graphs else None)
+            elif graphs:
+                denoiser.forward = CudaGraphed(denoiser.forward)
+        # COMPILE=1 compiles at the warm-up, whatever WARM_UP says: a request must never wait for a compile.
+        wanted = settings.compile or settings.warm_up == "on" or (settings.warm_up == "auto" and device.type == "cuda")
+        model.warm_ups = model.plan_warm_ups(settings) if wanted else []
         return model
 
-    def compile(self) -> None:
-        """COMPILE=1: torch.compile the denoiser (UNet or transformer) and the VAE decoder, with CUDA graphs. The
-        first call at each new size or batch compiles again (a minute or more); the warm-up at init compiles the
-        native size, batch 1."""
+    def compile(self, backend: str = "inductor", denoiser_fallback=None) -> None:
+        """COMPILE=1: torch.compile the denoiser (UNet or transformer) and the VAE decoder, with CUDA graphs; each
+        variant is compiled at the warm-up, and afterwards what is not covered runs the fallback (compiled.py)."""
         denoiser = self.family.denoiser_of(self.pipe)
         if hasattr(denoiser, "fuse_qkv_projections"):
             denoiser.fuse_qkv_projections()
         self.to(self.pipe.dtype, torch.channels_last)
-        compiled = torch.compile(denoiser, mode="reduce-overhead", fullgraph=True)
-        for mode in self.modes.values():  # each mode's pipeline holds the denoiser itself: give them the compiled one
-            setattr(mode, self.family.denoiser, compiled)
-        self.pipe.vae.decode = torch.compile(self.pipe.vae.decode, mode="reduce-overhead", fullgraph=True)
+        vae = self.pipe.vae
+        self.compiled = [Compiled(self.family.denoiser, denoiser.forward, denoiser_fallback or denoiser.forward,
+                                  backend),
+                         Compiled("vae_decode", vae.decode, vae.decode, backend)]
+        denoiser.forward, vae.decode = self.compiled
+
+    def plan_warm_ups(self, settings: Settings) -> list[GenerateInputs]:
+        """What the warm-up generates: the native size, one image; with COMPILE=1, each of COMPILE_SIZES (default:
+        the native size) with each of COMPILE_IMAGES, the variants compiled ahead. Validated as requests are (an
+        operator's size the model cannot take stops the app at start, naming it). Three steps (or MAX_STEPS, if
+        fewer), in the mode the model serves by default (an inpainting model's is inpainting), with the model's
+        default guidance."""
+        native = (self.limits.native_width, self.limits.native_height)
+        sizes, counts = [native], [1]
+        if settings.compile:
+            sizes, counts = settings.compile_size_list() or sizes, settings.compile_image_counts()
+        plan = []
+        for (width, height), count in itertools.product(sizes, counts):
+            inputs = {"prompt": "a", "num_inference_steps": min(3, self.limits.max_steps), "seed": 0,
+                      "width": width, "height": height, "num_images": count}
+            if self.limits.inpainting_only:
+                inputs |= {"image": images.to_data_uri(Image.new("RGB", (width, height)), "png"),
+                           "mask_image": images.to_data_uri(Image.new("L", (width, height), 255), "png")}
+            try:
+                plan.append(parse(inputs, self.limits))
+            except InputError as error:
+                raise SettingsError(f"COMPILE_SIZES, COMPILE_IMAGES: {width}x{height} with {count} image(s) is not a "
+                                    f"request this model takes ({error})") from None
+        return plan
 
     def to(self, dtype: torch.dtype, memory_format: torch.memory_format) -> None:
         """Every module, shared by every mode, in dtype; memory_format applies to 4-D weights (convolutions)."""
@@ -199,20 +236,15 @@ class StableDiffusion:
                 module.to(dtype, memory_format=memory_format)
 
     def warm_up(self) -> bool:
-        """Run the native size once (WARM_UP; by default on CUDA only), so that the first caller does not pay for
-        CUDA's and cuDNN's set-up, the CUDA graph's capture (second call) or the compile: three steps (or MAX_STEPS,
-        if fewer), in the mode the model serves by default (an inpainting model's is inpainting), with the model's
-        default guidance. Called on the thread that will serve the requests: cuBLAS and cuDNN handles, and CUDA
-        graph trees, are per thread."""
-        if not self.wants_warm_up:
-            return False
-        inputs = {"prompt": "a", "num_inference_steps": min(3, self.limits.max_steps), "seed": 0}
-        if self.limits.inpainting_only:
-            size = (self.limits.native_width, self.limits.native_height)
-            inputs |= {"image": images.to_data_uri(Image.new("RGB", size), "png"),
-                       "mask_image": images.to_data_uri(Image.new("L", size, 255), "png")}
-        self.generate(GenerateInputs.model_validate(inputs, context={"limits": self.limits}))
-        return True
+        """Run the planned warm-ups (WARM_UP, by default on CUDA only; COMPILE=1), so that the first caller does not
+        pay for CUDA's and cuDNN's set-up, the CUDA graph's capture (second call) or a compile; then seal the compiled
+        functions. Called on the thread that will serve the requests: cuBLAS and cuDNN handles, and CUDA graph
+        trees, are per thread."""
+        for inputs in self.warm_ups:
+            self.generate(inputs)
+        for compiled in self.compiled:
+            compiled.seal()
+        return bool(self.warm_ups)
 
     def generate(self, inputs: GenerateInputs, request_id: str = "") -> Generation:
         """One request's images; its progress published (GET /progress) under request_id while they are made."""

@@ -27,10 +27,10 @@ from flask import request as flask_request
 from potassium import Request, Response
 from werkzeug.exceptions import BadRequest, HTTPException
 
-from . import cuda_graphs, logs, origin, runpod_worker
+from . import compiled, cuda_graphs, logs, origin, runpod_worker
 from .families import FamilyError
 from .schema import ErrorBody, FieldError, InputError
-from .settings import Settings
+from .settings import Settings, SettingsError
 from .storage import StorageError
 from .weights import WeightsError
 
@@ -171,7 +171,7 @@ class Potassium(potassium.Potassium):
         started = time.perf_counter()
         try:
             context = self._init_func()
-        except (WeightsError, FamilyError) as error:
+        except (WeightsError, FamilyError, SettingsError) as error:
             raise SystemExit(f"app.py: {error}") from None
         logs.event("ready", model_id=settings.model_id, init_s=round(time.perf_counter() - started, 2))
         if runpod_worker.wanted():
@@ -206,7 +206,13 @@ def _healthz(settings: Settings) -> FlaskResponse:
     if problem:
         logs.event("unhealthy", reason=problem)
         return _json_response(503, {"ok": False, "error": problem})  # not ErrorBody: probes read "ok"
-    return _json_response(200, {"ok": True, "busy": not status["gpu_available"], "cuda_graphs": cuda_graphs.status()})
+    answer = {"ok": True, "busy": not status["gpu_available"], "cuda_graphs": cuda_graphs.status(),
+              "compiled": compiled.status()}
+    if torch.cuda.is_available():  # what graphs, compiled code and the caching allocator hold, and the peak
+        answer["gpu_memory_mb"] = {"allocated": torch.cuda.memory_allocated() >> 20,
+                                   "reserved": torch.cuda.memory_reserved() >> 20,
+                                   "peak_reserved": torch.cuda.max_memory_reserved() >> 20}
+    return _json_response(200, answer)
 
 
 def _harden(flask_app: Flask, settings: Settings, handled: Callable[[str], bool],

@@ -12,6 +12,10 @@ from .fetching import Allowed
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+class SettingsError(ValueError):
+    """Settings that parse but do not fit the model loaded: the app stops at start with this message."""
+
+
 class Settings(BaseModel):
     """Read from the environment variable of the same name in upper case (MODEL_ID, PORT, ...)."""
 
@@ -25,6 +29,10 @@ class Settings(BaseModel):
     device: Literal["auto", "cuda", "cpu"] = "auto"
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     compile: bool = False
+    # COMPILE=1 compiles these at the warm-up, and nothing after (compiled.py): sizes as WIDTHxHEIGHT (default: the
+    # model's native size), each with each number of images; anything else runs on the CUDA-graph path.
+    compile_sizes: str = Field("", pattern=r"^\s*(\d+x\d+\s*(,\s*\d+x\d+\s*)*)?$")
+    compile_images: str = Field("1", pattern=r"^\s*\d+\s*(,\s*\d+\s*)*$")
     cuda_graphs: bool = True
     warm_up: Literal["auto", "on", "off"] = "auto"  # auto: on CUDA, where the first request would pay set-up
     # The model's defaults for a request that leaves them out; unset: the model card's (families.defaults).
@@ -77,6 +85,13 @@ class Settings(BaseModel):
     def _allow_list(cls, value: str) -> str:
         Allowed.parse(value)  # raises, naming the entry
         return value
+
+    def compile_size_list(self) -> list[tuple[int, int]]:
+        return [tuple(int(side) for side in size.strip().split("x")) for size in self.compile_sizes.split(",")
+                if size.strip()]
+
+    def compile_image_counts(self) -> list[int]:
+        return [int(count) for count in self.compile_images.split(",")]
 
     @property
     def loras_folder(self) -> Path:

@@ -155,11 +155,13 @@ def test_cpu_offload_hooks_each_mode_and_changes_no_pixel(loaded, models):
 
 @pytest.mark.parametrize("family", FLOW)
 def test_compile_and_warm_up_take_the_transformer(models, family):
-    model = load(models, family, warm_up="on", controlnet_id=str(models[f"{family}_controlnet"]))
+    model = StableDiffusion.load(Settings(model_id=str(models[family]), device="cpu", compile=True,
+                                          controlnet_id=str(models[f"{family}_controlnet"])), compile_backend="eager")
     assert model.warm_up()  # the native size, the model's default guidance (none for schnell)
-    model.compile()  # compiles lazily: what is checked is that every mode runs the compiled transformer
-    compiled = {id(mode.transformer) for mode in model.modes.values()}
-    assert len(compiled) == 1 and type(model.modes["txt2img"].transformer).__name__ == "OptimizedModule"
+    assert [c.name for c in model.compiled] == ["transformer", "vae_decode"]
+    assert all(len(c.variants) == 1 and c.sealed for c in model.compiled)
+    # Every mode holds the one transformer whose forward is the compiled one.
+    assert {id(mode.transformer.forward) for mode in model.modes.values()} == {id(model.compiled[0])}
 
 
 @pytest.fixture(scope="module")

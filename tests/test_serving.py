@@ -170,7 +170,9 @@ def test_open_files_stay_flat_over_hundreds_of_requests_under_ulimit_256(start_a
 
 def test_a_stuck_replica_fails_its_health_check_and_recovers(start_app, models):
     app = start_app({"MODEL_ID": str(models["sd"]), "STUCK_AFTER_S": "2"}, script="testkit.fault_app")
-    healthy = {"ok": True, "busy": False, "cuda_graphs": {"captured": 0, "max": 0}}  # no CUDA here: no graphs
+    # No CUDA here: no graphs, no GPU memory; not COMPILE=1: nothing compiled.
+    healthy = {"ok": True, "busy": False, "cuda_graphs": {"captured": 0, "max": 0},
+               "compiled": {"variants": 0, "fallbacks": 0}}
     assert httpx.get(app.url + "/healthz").json() == healthy
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         hanging = pool.submit(app.post, {**GOOD, "prompt": "fail: hang"})

@@ -1,0 +1,76 @@
+"""COMPILE=1: the denoiser and the VAE decoder compiled ahead, at warm-up, for the sizes the operator lists; never
+inside a request.
+
+torch.compile specialises to its inputs' shapes: every new size, number of images, guidance on or off (the batch the
+denoiser sees), or ControlNet's extra inputs compiles again, for minutes, inside the request that brought it, and
+past torch's recompile limit (8) a fullgraph compile raises for good. So each compiled function is open while the
+warm-up compiles the listed variants (COMPILE_SIZES x COMPILE_IMAGES), then sealed: a call its compiled code does
+not cover runs the fallback instead (the CUDA-graph path, or eager), said once per variant in the log.
+
+Outputs are copied: with mode="reduce-overhead" they live in CUDA-graph memory that the next replay overwrites, and
+PNDM keeps past outputs in its history (without guidance the denoiser's output reaches it untouched, so every entry
+became the last one: "accessing tensor output of CUDAGraphs that has been overwritten"). An integer timestep is
+given as float32, as for CUDA graphs, so that every scheduler family shares one variant.
+"""
+
+import weakref
+from typing import Callable
+
+import torch
+
+from . import logs
+from .cuda_graphs import copied, inputs_of
+
+_INSTANCES: "weakref.WeakSet[Compiled]" = weakref.WeakSet()
+MAX_REMEMBERED = 256
+
+
+def status() -> dict[str, int]:
+    """For the app's /healthz: variants compiled, and variants run by the fallback since the seal."""
+    return {"variants": sum(len(c.variants) for c in _INSTANCES),
+            "fallbacks": sum(len(c.fallen) for c in _INSTANCES)}
+
+
+class Compiled:
+    def __init__(self, name: str, forward: Callable, fallback: Callable, backend: str = "inductor",
+                 mode: str | None = "reduce-overhead"):
+        """name: what the log calls it (unet, vae_decode). backend, mode: torch.compile's (mode only for inductor).
+        dynamic=False: one static variant per shape, as CUDA graphs need anyway; automatic dynamic shapes would
+        turn the second size into a dynamic-shape compile of untested speed."""
+        self.name = name
+        self.compiled = torch.compile(forward, backend=backend, mode=mode if backend == "inductor" else None,
+                                      fullgraph=True, dynamic=False)
+        self.fallback = fallback
+        self.sealed = False
+        self.variants: set[tuple] = set()  # compiled while open
+        # Met after the seal and not covered: the fallback runs them, without asking the guards again. Bounded: a
+        # variant forgotten is only asked again.
+        self.fallen: dict[tuple, None] = {}
+        _INSTANCES.add(self)
+
+    def seal(self) -> None:
+        """From now on nothing compiles: called once the warm-up has compiled every listed variant."""
+        self.sealed = True
+
+    def __call__(self, *args, **kwargs):
+        leaves, rebuild, key = inputs_of(args, kwargs)
+        if key in self.fallen:
+            return self.fallback(*args, **kwargs)
+        args, kwargs = rebuild(leaves)
+        if not self.sealed:
+            self.variants.add(key)
+            return copied(self.compiled(*args, **kwargs))
+        try:
+            with torch.compiler.set_stance("fail_on_recompile"):
+                return copied(self.compiled(*args, **kwargs))
+        except RuntimeError as error:
+            if "fail_on_recompile" not in str(error):  # out of memory, or the model's own error
+                raise
+            self.fallen[key] = None
+            if len(self.fallen) > MAX_REMEMBERED:
+                del self.fallen[next(iter(self.fallen))]
+            # The guard that failed says which input differs (a size, the batch, an extra input); not the values.
+            reason = next((line for line in str(error).splitlines() if line.strip().startswith("- ")), "")
+            reason = " ".join(reason.partition("#")[0].split())  # the guard, without the source line it quotes
+            logs.event("compile_fallback", function=self.name, reason=reason[:200], fallbacks=len(self.fallen))
+            return self.fallback(*args, **kwargs)

@@ -1,0 +1,129 @@
+"""COMPILE=1 on the CPU: torch.compile's tracing, guards and recompiles are the same as on a GPU; the backends here
+stand in for inductor's code generation (minutes) with what matters to the mechanism: counting compiles, and
+holding outputs in memory the next call overwrites, as mode="reduce-overhead" (CUDA graphs) does. Inductor itself
+runs in tests/test_loras.py; bench/gpu.py runs all of it on a GPU."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from serverless_sd import compiled, logs
+from serverless_sd.compiled import Compiled
+from serverless_sd.pipelines import StableDiffusion
+from serverless_sd.schema import parse
+from serverless_sd.settings import Settings, SettingsError
+
+
+class Counting:
+    """A backend that counts what it is asked to compile, and runs the traced graph as it is."""
+
+    def __init__(self):
+        self.compiles = 0
+
+    def __call__(self, graph, example_inputs):
+        self.compiles += 1
+        return graph.forward
+
+
+def graph_memory(graph, example_inputs):
+    """A backend whose outputs live in memory of its own, overwritten by its next call, as a CUDA graph's do."""
+    held = []
+
+    def run(*args):
+        outputs = graph(*args)
+        if not held:
+            held.extend(torch.empty_like(o) if isinstance(o, torch.Tensor) else o for o in outputs)
+        for buffer, output in zip(held, outputs, strict=True):
+            if isinstance(output, torch.Tensor):
+                buffer.copy_(output)
+        return type(outputs)(held)
+
+    return run
+
+
+@pytest.fixture
+def log(monkeypatch) -> io.StringIO:
+    stream = io.StringIO()
+    monkeypatch.setattr(logs, "_stream", stream)
+    return stream
+
+
+def image(model: StableDiffusion, **inputs) -> np.ndarray:
+    inputs = {"prompt": "a", "num_inference_steps": 3, "seed": 1, **inputs}
+    return np.asarray(model.generate(parse(inputs, model.limits)).images[0], dtype=np.int16)
+
+
+def test_an_output_outlives_the_next_call():
+    double = Compiled("double", lambda x: (x * 2,), fallback=None, backend=graph_memory)
+    [first] = double(torch.ones(3))
+    double(torch.full((3,), 5.0))
+    assert torch.equal(first, torch.full((3,), 2.0))  # not 10: a copy, not the memory the second call wrote
+
+
+def test_pndm_without_guidance_gives_the_eager_image(models, monkeypatch):
+    """Without guidance the UNet's output goes to PNDM untouched, and PNDM keeps the last ones: under CUDA graphs each
+    was overwritten by the next step (on a GPU: "accessing tensor output of CUDAGraphs that has been overwritten")."""
+    settings = dict(model_id=str(models["sd"]), device="cpu", dtype="float32", default_guidance_scale=1.0)
+    ours = StableDiffusion.load(Settings(**settings, compile=True), compile_backend=graph_memory)
+    eager = StableDiffusion.load(Settings(**settings))
+    ours.warm_up()  # compiles the model's default: guidance off, batch 1
+    inputs = {"scheduler": "pndm", "num_inference_steps": 6}
+    assert np.abs(image(ours, **inputs) - image(eager, **inputs)).max() <= 2  # fused QKV, channels_last: rounding
+    assert not any(c.fallen for c in ours.compiled)  # it was the compiled code that ran
+    monkeypatch.setattr(compiled, "copied", lambda output: output)  # the outputs as the graph left them
+    assert np.abs(image(ours, **inputs) - image(eager, **inputs)).mean() > 1
+
+
+def test_the_warm_up_compiles_every_listed_variant_and_requests_compile_nothing(models, log):
+    backend = Counting()
+    settings = Settings(model_id=str(models["sd"]), controlnet_id=str(models["controlnet"]), device="cpu",
+                        dtype="float32", compile=True, warm_up="off", compile_sizes="128x64", compile_images="1,2")
+    model = StableDiffusion.load(settings, compile_backend=backend)
+    eager = StableDiffusion.load(settings.model_copy(update={"compile": False}))
+    # WARM_UP=off notwithstanding: a request must never wait for a compile.
+    assert [(i.width, i.height, i.num_images) for i in model.warm_ups] == [(128, 64, 1), (128, 64, 2)]
+    assert model.warm_up()
+    assert backend.compiles == 4 and [len(c.variants) for c in model.compiled] == [2, 2]  # UNet and VAE decoder
+
+    # DDIM's integer timesteps and Euler's float ones: the same variant as PNDM's.
+    for inputs in ({}, {"num_images": 2, "scheduler": "ddim"}, {"scheduler": "euler"}):
+        inputs |= {"width": 128, "height": 64}
+        assert np.abs(image(model, **inputs) - image(eager, **inputs)).max() <= 2  # fused QKV, channels_last
+    assert not log.getvalue() and not any(c.fallen for c in model.compiled)
+
+    others = [{}, {"width": 128, "height": 64, "guidance_scale": 1.0}, {"width": 128, "height": 64, "num_images": 3},
+              {"width": 128, "height": 64, "control_image": picture(128, 64)}]  # ControlNet's residuals: more inputs
+    for inputs in others:
+        assert np.abs(image(model, **inputs) - image(eager, **inputs)).max() <= 2
+    for width in range(192, 192 + 64 * 8, 64):  # past torch's limit of 8 recompiles, which raises for good
+        image(model, width=width, height=64, num_inference_steps=1)
+    assert backend.compiles == 4  # nothing compiled inside a request
+    fallbacks = [json.loads(line) for line in log.getvalue().splitlines() if '"compile_fallback"' in line]
+    assert {f["function"] for f in fallbacks} == {"unet", "vae_decode"} and all(f["reason"] for f in fallbacks)
+    assert "len(kwargs)" in fallbacks[-8 * 2 - 1]["reason"]  # ControlNet's, just before the sizes
+    for _ in range(2):  # a variant met before (the VAE decoder is given a new generator each time): not logged again
+        image(model)
+    assert log.getvalue().count('"compile_fallback"') == len(fallbacks)
+    assert compiled.status()["fallbacks"] >= sum(len(c.fallen) for c in model.compiled) == len(fallbacks)
+
+
+def picture(width: int, height: int) -> str:
+    from PIL import Image
+
+    from serverless_sd import images
+
+    return images.to_data_uri(Image.new("RGB", (width, height), (128, 128, 128)), "png")
+
+
+def test_a_listed_size_the_model_cannot_take_stops_the_start_naming_it(models):
+    settings = Settings(model_id=str(models["sd"]), device="cpu", compile=True, compile_sizes="64x64,100x64")
+    with pytest.raises(SettingsError, match=r"COMPILE_SIZES, COMPILE_IMAGES: 100x64 with 1 image\(s\) .*width"):
+        StableDiffusion.load(settings, compile_backend="eager")
+    with pytest.raises(SettingsError, match="COMPILE_SIZES, COMPILE_IMAGES: 64x64 with 9 image"):
+        StableDiffusion.load(settings.model_copy(update={"compile_sizes": "", "compile_images": "9"}),
+                             compile_backend="eager")
+    with pytest.raises(ValueError, match="compile_sizes"):
+        Settings(compile_sizes="512*512")
