@@ -11,7 +11,7 @@ SDKS := 4.0.0 6.3.0
 APP_PORT ?= 8000
 GATEWAY_PORT ?= 8080
 
-.PHONY: setup lint test fuzz loadtest soak serve demo download bench bench-families bench-few-step bench-loras bench-previews bench-wheels coldstart clean
+.PHONY: setup lint test fuzz loadtest soak serve demo download bench bench-families bench-few-step bench-loras bench-previews bench-compile-cache bench-wheels coldstart clean
 
 setup: $(STAMP)
 
@@ -93,6 +93,10 @@ bench-loras: setup
 # Progress previews: their cost per image, TAESD against the VAE (bench/results/previews.json).
 bench-previews: setup
 	$(PY) -m bench.previews
+
+# COMPILE=1's cold start from scratch and from its COMPILE_CACHE, against the default's (bench/results/compile_cache.json).
+bench-compile-cache: setup
+	$(PY) -m bench.compile_cache
 
 # Zero to first image: no replica, a job, a scaler on GET /scale starts one (bench/results/cold_start.json).
 coldstart: setup

@@ -11,12 +11,17 @@ Outputs are copied: with mode="reduce-overhead" they live in CUDA-graph memory t
 PNDM keeps past outputs in its history (without guidance the denoiser's output reaches it untouched, so every entry
 became the last one: "accessing tensor output of CUDAGraphs that has been overwritten"). An integer timestep is
 given as float32, as for CUDA graphs, so that every scheduler family shares one variant.
+
+COMPILE_CACHE (Cache, below) carries what inductor compiled from one replica's start to the next.
 """
 
+import os
 import weakref
+from pathlib import Path
 from typing import Callable
 
 import torch
+from torch._dynamo.utils import counters
 
 from . import logs
 from .cuda_graphs import copied, inputs_of
@@ -74,3 +79,59 @@ class Compiled:
             reason = " ".join(reason.partition("#")[0].split())  # the guard, without the source line it quotes
             logs.event("compile_fallback", function=self.name, reason=reason[:200], fallbacks=len(self.fallen))
             return self.fallback(*args, **kwargs)
+
+
+class Cache:
+    """COMPILE_CACHE: a file of PyTorch's portable compile caches (torch.compiler.save_cache_artifacts: inductor's
+    generated code and AOTAutograd's graphs), loaded before the warm-up so that it compiles from the cache instead of
+    from scratch, and written after a warm-up that compiled anything anew (a first start, another GPU, another torch:
+    their entries do not match and are compiled again). On a volume every replica mounts, the first replica's
+    compile serves every later cold start. A missing, unreadable or unwritable file costs a compile, never the start.
+    The file is code to run (and pickled): it must lie where only the replicas write.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.found = False
+
+    def load(self) -> None:
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return
+        except OSError as error:
+            logs.event("compile_cache_unreadable", path=str(self.path), error=type(error).__name__)
+            return
+        try:
+            loaded = torch.compiler.load_cache_artifacts(data)  # None, with torch's warning, for a damaged file
+        except Exception as error:  # noqa: BLE001 - any damage in the file: compile from scratch, then replace it
+            loaded, problem = None, type(error).__name__
+        else:
+            problem = "damaged"
+        if loaded is None:
+            logs.event("compile_cache_unreadable", path=str(self.path), error=problem)
+            return
+        self.found = True
+
+    def save(self) -> None:
+        """After the warm-up: say what the cache saved, and write it again if anything was compiled anew."""
+        hits, misses = counters["inductor"]["fxgraph_cache_hit"], counters["inductor"]["fxgraph_cache_miss"]
+        written = 0
+        if misses:
+            saved = torch.compiler.save_cache_artifacts()
+            if saved is not None:
+                written = self._write(saved[0])
+        logs.event("compile_cache", path=str(self.path), found=self.found, hits=hits, misses=misses,
+                   written_bytes=written)
+
+    def _write(self, data: bytes) -> int:
+        partial = self.path.with_name(f".{self.path.name}.{os.getpid()}.partial")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            partial.write_bytes(data)
+            os.replace(partial, self.path)  # whole or not at all, for a replica reading it meanwhile
+        except OSError as error:
+            partial.unlink(missing_ok=True)
+            logs.event("compile_cache_not_written", path=str(self.path), error=type(error).__name__)
+            return 0
+        return len(data)

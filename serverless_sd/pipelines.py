@@ -17,7 +17,7 @@ from diffusers import (
 from PIL import Image
 
 from . import families, images, logs, prompts, schedulers, seeds, weights
-from .compiled import Compiled
+from .compiled import Cache, Compiled
 from .cuda_graphs import CudaGraphed
 from .families import Family, FamilyError
 from .loras import Library as LoraLibrary
@@ -94,6 +94,7 @@ class StableDiffusion:
         self.model_scheduler = pipe.scheduler  # never run: each request gets a fresh scheduler built from it
         self.warm_ups: list[GenerateInputs] = []  # planned at load (plan_warm_ups), run on the serving thread
         self.compiled: list[Compiled] = []
+        self.compile_cache = settings.compile_cache
         self.offload_device: torch.device | None = None  # CPU_OFFLOAD: the device each model moves to while it runs
         self.offloaded_mode: str | None = None
         self.encoder = prompts.Encoder(pipe) if family.clip_prompts else None  # weights, long prompts, clip_skip
@@ -240,10 +241,15 @@ class StableDiffusion:
         pay for CUDA's and cuDNN's set-up, the CUDA graph's capture (second call) or a compile; then seal the compiled
         functions. Called on the thread that will serve the requests: cuBLAS and cuDNN handles, and CUDA graph
         trees, are per thread."""
+        cache = Cache(self.compile_cache) if self.compiled and self.compile_cache else None
+        if cache:
+            cache.load()
         for inputs in self.warm_ups:
             self.generate(inputs)
         for compiled in self.compiled:
             compiled.seal()
+        if cache:
+            cache.save()
         return bool(self.warm_ups)
 
     def generate(self, inputs: GenerateInputs, request_id: str = "") -> Generation:

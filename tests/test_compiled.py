@@ -5,6 +5,9 @@ runs in tests/test_loras.py; bench/gpu.py runs all of it on a GPU."""
 
 import io
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -14,6 +17,7 @@ from serverless_sd import compiled, logs
 from serverless_sd.compiled import Compiled
 from serverless_sd.pipelines import StableDiffusion
 from serverless_sd.schema import parse
+from serverless_sd.settings import REPO_ROOT as ROOT
 from serverless_sd.settings import Settings, SettingsError
 
 
@@ -127,3 +131,45 @@ def test_a_listed_size_the_model_cannot_take_stops_the_start_naming_it(models):
                              compile_backend="eager")
     with pytest.raises(ValueError, match="compile_sizes"):
         Settings(compile_sizes="512*512")
+
+
+COMPILE_ONCE = """
+import sys
+import torch
+from serverless_sd.compiled import Cache
+cache = Cache(__import__("pathlib").Path(sys.argv[1]))
+cache.load()
+double_sine = torch.compile(lambda x: (x.sin() * 2).cos(), fullgraph=True)
+print(double_sine(torch.arange(8.0)).tolist(), file=sys.stderr)
+cache.save()
+"""
+
+
+def test_the_compile_cache_carries_inductors_code_to_a_new_process(tmp_path):
+    """COMPILE_CACHE with inductor itself (on the CPU; a small function, as the UNet takes a minute): the first
+    process compiles and writes the file; the next, with an empty local inductor cache as a new container has,
+    compiles nothing anew. The app's warm-up runs the same two calls around its compiles (bench/compile_cache.py
+    measures that with the SD-1.5-sized model)."""
+    path = tmp_path / "cache" / "compiled.bin"
+    runs = []
+    for run in ("first", "next"):
+        out = subprocess.run([sys.executable, "-c", COMPILE_ONCE, str(path)], capture_output=True, text=True,
+                             timeout=300, cwd=ROOT, env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / run)})
+        assert out.returncode == 0, out.stderr[-2000:]
+        lines = out.stderr.splitlines()
+        runs.append((json.loads(next(line for line in lines if '"compile_cache"' in line)), lines[0]))
+    (first, first_values), (after, after_values) = runs
+    assert not first["found"] and first["misses"] == 1 and first["written_bytes"] == path.stat().st_size > 0
+    assert after["found"] and after["hits"] == 1 and after["misses"] == 0 and after["written_bytes"] == 0
+    assert first_values == after_values
+
+
+def test_a_damaged_compile_cache_costs_a_compile_not_the_start(models, tmp_path, log):
+    damaged = tmp_path / "cache.bin"
+    damaged.write_bytes(b"not a cache")
+    settings = Settings(model_id=str(models["sd"]), device="cpu", compile=True, compile_cache=damaged)
+    model = StableDiffusion.load(settings, compile_backend="eager")
+    assert model.warm_up() and all(c.variants for c in model.compiled)
+    events = [json.loads(line) for line in log.getvalue().splitlines()]
+    assert [e["event"] for e in events] == ["compile_cache_unreadable", "compile_cache"]
+    assert not events[1]["found"] and damaged.read_bytes() == b"not a cache"  # nothing compiled by inductor: kept

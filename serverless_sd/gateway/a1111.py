@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import schedulers
-from .generation import Generations, Refused
+from .generation import Generations, Refused, bearer_key
 
 # modelInputs field -> the A1111 parameter it came from, so that the app's error names what the caller sent.
 PARAMS = {"prompt": "prompt", "negative_prompt": "negative_prompt", "num_inference_steps": "steps",
@@ -160,8 +160,8 @@ def router(generations: Generations, authorized, model_name: str) -> APIRouter:
                 key = password or user
             except ValueError:
                 key = ""
-        elif authorization[:7].lower() == "bearer ":
-            key = authorization[7:].strip()
+        elif (bearer := bearer_key(request.headers)) is not None:
+            key = bearer
         if not authorized(key.encode()):
             raise Refused(401, "Incorrect username or password: send the gateway's API key as the password")
         return key

@@ -33,8 +33,8 @@ from .answers import Envelope
 from .bodies import CheckBody, StartBody
 from .config import GatewayConfig, parse_args
 from .dispatch import Dispatcher
-from .generation import Generations, Refused
-from .jobs import QUEUED, RUNNING, Job, owner_of
+from .generation import Generations, Refused, bearer_key
+from .jobs import QUEUED, RUNNING, Job, owner_of, work
 from .stores import QueueFull, open_store
 from .webhooks import Webhooks
 
@@ -270,8 +270,9 @@ def create_app(config: GatewayConfig) -> FastAPI:
     async def scale(request: Request):
         if refused := unauthorized(request):
             return refused
-        queued, running = dispatcher.counts.get(QUEUED, 0), dispatcher.counts.get(RUNNING, 0)
-        return Scale(work=queued + running, queued=queued, running=running, replicas=len(dispatcher.healthy))
+        counts = dispatcher.counts
+        return Scale(work=work(counts), queued=counts.get(QUEUED, 0), running=counts.get(RUNNING, 0),
+                     replicas=len(dispatcher.healthy))
 
     @app.get("/livez", summary="The gateway answers (for a liveness probe without a key)")
     async def livez() -> dict:
@@ -350,10 +351,8 @@ class BodyLimit:
 
 
 def header_api_key(request: Request) -> str | None:
-    authorization = request.headers.get("authorization", "")
-    if authorization[:7].lower() == "bearer ":
-        return authorization[7:].strip()
-    return request.headers.get("x-banana-api-key")
+    key = bearer_key(request.headers)
+    return key if key is not None else request.headers.get("x-banana-api-key")
 
 
 def _load_json(body: bytes) -> tuple[object, str | None]:

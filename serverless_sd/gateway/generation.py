@@ -60,3 +60,9 @@ class Generations:
         self.latest.move_to_end(owner)
         while len(self.latest) > REMEMBERED_CALLERS:
             self.latest.popitem(last=False)
+
+
+def bearer_key(headers) -> str | None:
+    """The key of an `Authorization: Bearer KEY` header (the scheme in any case), or None without one."""
+    authorization = headers.get("authorization", "")
+    return authorization[7:].strip() if authorization[:7].lower() == "bearer " else None

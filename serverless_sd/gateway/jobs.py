@@ -12,6 +12,11 @@ import uuid
 from dataclasses import asdict, dataclass, field, fields
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, EXPIRED = "queued", "running", "succeeded", "failed", "expired"
+
+
+def work(counts: dict[str, int]) -> int:
+    """The scale signal, from the store's counts by state: jobs queued and running (GET /scale, /metrics)."""
+    return counts.get(QUEUED, 0) + counts.get(RUNNING, 0)
 CANCELLED = "cancelled"
 ACTIVE = (QUEUED, RUNNING)
 DONE = (SUCCEEDED, FAILED, CANCELLED, EXPIRED)

@@ -4,7 +4,7 @@ Cheap by design (a scrape reads numbers kept in memory, never the store) and key
 credential-like and unbounded in number, so no label carries one or a digest of one.
 """
 
-from .jobs import Job
+from .jobs import Job, work
 
 BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, float("inf"))
 
@@ -41,7 +41,7 @@ class Metrics:
                   f"sd_gateway_queue_length {counts.get('queued', 0)}"]
         lines += ["# HELP sd_gateway_work Jobs queued and running: the scale signal (as GET /scale says it).",
                   "# TYPE sd_gateway_work gauge",
-                  f"sd_gateway_work {counts.get('queued', 0) + counts.get('running', 0)}"]
+                  f"sd_gateway_work {work(counts)}"]
         lines += ["# HELP sd_gateway_jobs_ended_total Jobs this gateway saw end, by outcome.",
                   "# TYPE sd_gateway_jobs_ended_total counter"]
         lines += [f'sd_gateway_jobs_ended_total{{state="{state}"}} {n}' for state, n in sorted(self.ended.items())]

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from .generation import Generations, Refused
+from .generation import Generations, Refused, bearer_key
 
 OWNER = "sd-serverless-template"
 # OpenAI's own image models: tools hard-wired to one (LibreChat's DALL-E 3 tool) get the served model.
@@ -107,8 +107,7 @@ def router(generations: Generations, authorized, model_name: str) -> APIRouter:
     routes = APIRouter(prefix="/v1", tags=["OpenAI Images API"], responses=ERRORS)
 
     def api_key(request: Request) -> str:
-        authorization = request.headers.get("authorization", "")
-        key = authorization[7:].strip() if authorization[:7].lower() == "bearer " else ""
+        key = bearer_key(request.headers) or ""
         if not authorized(key.encode()):
             raise Refused(401, "Incorrect API key provided: send the gateway's API key as Authorization: Bearer KEY")
         return key
