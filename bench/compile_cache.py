@@ -1,8 +1,8 @@
 """make bench-compile-cache: COMPILE=1's cold start, from scratch and from its COMPILE_CACHE, against the default's.
 
-Each start is a new process with an empty local inductor cache, as a new container has; the cache file is the only
-thing carried from one start to the next. All three warm up the same request (the SD-1.5-sized model's native size,
-3 steps), so what differs is the compile. Writes bench/results/compile_cache.json.
+Each start is a new process with an empty local inductor cache, as a new container has; the COMPILE_CACHE folder
+is the only thing carried from one start to the next. All three warm up the same request (the SD-1.5-sized model's
+native size, 3 steps), so what differs is the compile. Writes bench/results/compile_cache.json.
 """
 
 import argparse
@@ -33,7 +33,7 @@ def main() -> None:
     model = sd15_folder(args.model)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        cache = {"COMPILE": "1", "COMPILE_CACHE": str(tmp / "compiled.bin")}
+        cache = {"COMPILE": "1", "COMPILE_CACHE": str(tmp / "compiled")}
         runs = {"default": start(model, tmp, "default")}
         print("default", runs["default"], flush=True)
         runs["compile_from_scratch"] = start(model, tmp, "scratch", **cache)

@@ -82,56 +82,32 @@ class Compiled:
 
 
 class Cache:
-    """COMPILE_CACHE: a file of PyTorch's portable compile caches (torch.compiler.save_cache_artifacts: inductor's
-    generated code and AOTAutograd's graphs), loaded before the warm-up so that it compiles from the cache instead of
-    from scratch, and written after a warm-up that compiled anything anew (a first start, another GPU, another torch:
-    their entries do not match and are compiled again). On a volume every replica mounts, the first replica's
-    compile serves every later cold start. A missing, unreadable or unwritable file costs a compile, never the start.
-    The file is code to run (and pickled): it must lie where only the replicas write.
+    """COMPILE_CACHE: a folder where PyTorch keeps what it compiles (inductor's FX-graph and AOTAutograd caches, and
+    the C++ or Triton kernels it built: TORCHINDUCTOR_CACHE_DIR, Triton's under it), instead of the container's
+    /tmp, which a new container starts without. On a volume every replica mounts, the first replica's compile
+    serves every later cold start: what is left is tracing the model and loading the kernels. Entries are keyed by
+    the device, torch and the graph: another GPU or another torch compiles anew, beside them. PyTorch writes each
+    entry whole (to a temporary name, then renamed), so replicas may share the folder. What is in it is code the
+    app runs: it must lie where only the replicas write.
     """
 
-    def __init__(self, path: Path):
-        self.path = path
-        self.found = False
+    def __init__(self, folder: Path):
+        self.folder = folder
 
-    def load(self) -> None:
+    def use(self) -> None:
+        """Before anything compiles. A folder the app cannot write costs a compile from scratch, never the start."""
+        inductor = self.folder / "inductor"
         try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return
+            inductor.mkdir(parents=True, exist_ok=True)
+            probe = inductor / f".probe-{os.getpid()}"
+            probe.touch()
+            probe.unlink()
         except OSError as error:
-            logs.event("compile_cache_unreadable", path=str(self.path), error=type(error).__name__)
+            logs.event("compile_cache_unusable", path=str(self.folder), error=type(error).__name__)
             return
-        try:
-            loaded = torch.compiler.load_cache_artifacts(data)  # None, with torch's warning, for a damaged file
-        except Exception as error:  # noqa: BLE001 - any damage in the file: compile from scratch, then replace it
-            loaded, problem = None, type(error).__name__
-        else:
-            problem = "damaged"
-        if loaded is None:
-            logs.event("compile_cache_unreadable", path=str(self.path), error=problem)
-            return
-        self.found = True
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(inductor)
 
-    def save(self) -> None:
-        """After the warm-up: say what the cache saved, and write it again if anything was compiled anew."""
-        hits, misses = counters["inductor"]["fxgraph_cache_hit"], counters["inductor"]["fxgraph_cache_miss"]
-        written = 0
-        if misses:
-            saved = torch.compiler.save_cache_artifacts()
-            if saved is not None:
-                written = self._write(saved[0])
-        logs.event("compile_cache", path=str(self.path), found=self.found, hits=hits, misses=misses,
-                   written_bytes=written)
-
-    def _write(self, data: bytes) -> int:
-        partial = self.path.with_name(f".{self.path.name}.{os.getpid()}.partial")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            partial.write_bytes(data)
-            os.replace(partial, self.path)  # whole or not at all, for a replica reading it meanwhile
-        except OSError as error:
-            partial.unlink(missing_ok=True)
-            logs.event("compile_cache_not_written", path=str(self.path), error=type(error).__name__)
-            return 0
-        return len(data)
+    def report(self) -> None:
+        """After the warm-up: how much of its compile the folder held (misses were compiled and are now in it)."""
+        logs.event("compile_cache", path=str(self.folder), hits=counters["inductor"]["fxgraph_cache_hit"],
+                   misses=counters["inductor"]["fxgraph_cache_miss"])

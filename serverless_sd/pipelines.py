@@ -94,7 +94,7 @@ class StableDiffusion:
         self.model_scheduler = pipe.scheduler  # never run: each request gets a fresh scheduler built from it
         self.warm_ups: list[GenerateInputs] = []  # planned at load (plan_warm_ups), run on the serving thread
         self.compiled: list[Compiled] = []
-        self.compile_cache = settings.compile_cache
+        self.compile_cache: Cache | None = None
         self.offload_device: torch.device | None = None  # CPU_OFFLOAD: the device each model moves to while it runs
         self.offloaded_mode: str | None = None
         self.encoder = prompts.Encoder(pipe) if family.clip_prompts else None  # weights, long prompts, clip_skip
@@ -185,6 +185,9 @@ class StableDiffusion:
             graphs = device.type == "cuda" and settings.cuda_graphs
             denoiser = family.denoiser_of(pipe)
             if settings.compile:
+                if settings.compile_cache:
+                    model.compile_cache = Cache(settings.compile_cache)
+                    model.compile_cache.use()
                 model.compile(compile_backend, denoiser_fallback=CudaGraphed(denoiser.forward) if graphs else None)
             elif graphs:
                 denoiser.forward = CudaGraphed(denoiser.forward)
@@ -241,15 +244,12 @@ class StableDiffusion:
         pay for CUDA's and cuDNN's set-up, the CUDA graph's capture (second call) or a compile; then seal the compiled
         functions. Called on the thread that will serve the requests: cuBLAS and cuDNN handles, and CUDA graph
         trees, are per thread."""
-        cache = Cache(self.compile_cache) if self.compiled and self.compile_cache else None
-        if cache:
-            cache.load()
         for inputs in self.warm_ups:
             self.generate(inputs)
         for compiled in self.compiled:
             compiled.seal()
-        if cache:
-            cache.save()
+        if self.compile_cache:
+            self.compile_cache.report()
         return bool(self.warm_ups)
 
     def generate(self, inputs: GenerateInputs, request_id: str = "") -> Generation:

@@ -33,7 +33,7 @@ class Settings(BaseModel):
     # model's native size), each with each number of images; anything else runs on the CUDA-graph path.
     compile_sizes: str = Field("", pattern=r"^\s*(\d+x\d+\s*(,\s*\d+x\d+\s*)*)?$")
     compile_images: str = Field("1", pattern=r"^\s*\d+\s*(,\s*\d+\s*)*$")
-    compile_cache: Path | None = None  # a file of compiled code kept between starts (compiled.Cache)
+    compile_cache: Path | None = None  # a folder that keeps compiled code between starts (compiled.Cache)
     cuda_graphs: bool = True
     warm_up: Literal["auto", "on", "off"] = "auto"  # auto: on CUDA, where the first request would pay set-up
     # The model's defaults for a request that leaves them out; unset: the model card's (families.defaults).
