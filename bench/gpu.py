@@ -1,9 +1,12 @@
-"""The GPU benchmark, in one device call: plain diffusers fp32 and fp16 against this app's default and COMPILE=1;
-then SD 3's and FLUX.1's transformers under CUDA graphs against eager, and a LoRA fused under CUDA graphs and
-under COMPILE=1 (tiny models: the path, not the speed).
+"""The GPU benchmark, in two parts, one device call each (`bash bench/gpu.sh speed`, then `paths`).
+
+speed: plain diffusers fp32 and fp16 against this app's default, without CUDA graphs, and COMPILE=1 (from scratch
+and from its COMPILE_CACHE); then SD 3's and FLUX.1's transformers under CUDA graphs against eager, and a LoRA and
+previews under CUDA graphs and COMPILE=1 (tiny models: the path, not the speed). paths: COMPILE=1 off its one
+benchmarked path, CUDA graphs at mixed sizes, the worst case's GPU memory (issue 16).
 
 SD-1.5-sized model with random weights, 512x512, 50 steps, one image. Run through bench/gpu.sh (which carries the
-wheels the GPU machine lacks). Each figure is printed and written to OUT/gpu.json as soon as it is measured.
+wheels the GPU machine lacks). Each figure is printed and written to OUT/gpu-<part>.json as soon as it is measured.
 """
 
 import argparse
