@@ -12,14 +12,14 @@ import uuid
 from dataclasses import asdict, dataclass, field, fields
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, EXPIRED = "queued", "running", "succeeded", "failed", "expired"
+CANCELLED = "cancelled"
+ACTIVE = (QUEUED, RUNNING)
+DONE = (SUCCEEDED, FAILED, CANCELLED, EXPIRED)
 
 
 def work(counts: dict[str, int]) -> int:
     """The scale signal, from the store's counts by state: jobs queued and running (GET /scale, /metrics)."""
-    return counts.get(QUEUED, 0) + counts.get(RUNNING, 0)
-CANCELLED = "cancelled"
-ACTIVE = (QUEUED, RUNNING)
-DONE = (SUCCEEDED, FAILED, CANCELLED, EXPIRED)
+    return sum(counts.get(state, 0) for state in ACTIVE)
 
 
 def owner_of(api_key: str) -> str:
