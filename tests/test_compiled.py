@@ -1,7 +1,7 @@
 """COMPILE=1 on the CPU: torch.compile's tracing, guards and recompiles are the same as on a GPU; the backends here
 stand in for inductor's code generation (minutes) with what matters to the mechanism: counting compiles, and
 holding outputs in memory the next call overwrites, as mode="reduce-overhead" (CUDA graphs) does. Inductor itself
-runs in tests/test_loras.py; bench/gpu.py runs all of it on a GPU."""
+runs in tests/test_loras.py and in the COMPILE_CACHE test below; bench/gpu.py runs all of it on a GPU."""
 
 import io
 import json
@@ -12,8 +12,9 @@ import sys
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from serverless_sd import compiled, logs
+from serverless_sd import compiled, images, logs
 from serverless_sd.compiled import Compiled
 from serverless_sd.pipelines import StableDiffusion
 from serverless_sd.schema import parse
@@ -115,10 +116,6 @@ def test_the_warm_up_compiles_every_listed_variant_and_requests_compile_nothing(
 
 
 def picture(width: int, height: int) -> str:
-    from PIL import Image
-
-    from serverless_sd import images
-
     return images.to_data_uri(Image.new("RGB", (width, height), (128, 128, 128)), "png")
 
 
