@@ -37,8 +37,8 @@ def status() -> dict[str, int]:
 
 
 class Compiled:
-    def __init__(self, name: str, forward: Callable, fallback: Callable, backend: str = "inductor",
-                 mode: str | None = "reduce-overhead"):
+    def __init__(self, name: str, forward: Callable, fallback: Callable | None, backend: str | Callable,
+                 mode: str = "reduce-overhead"):
         """name: what the log calls it (unet, vae_decode). backend, mode: torch.compile's (mode only for inductor).
         dynamic=False: one static variant per shape, as CUDA graphs need anyway; automatic dynamic shapes would
         turn the second size into a dynamic-shape compile of untested speed."""

@@ -4,6 +4,7 @@ import inspect
 import itertools
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import diffusers
@@ -129,7 +130,7 @@ class StableDiffusion:
             loras=tuple(self.loras.baked))
 
     @classmethod
-    def load(cls, settings: Settings, compile_backend: str = "inductor") -> "StableDiffusion":
+    def load(cls, settings: Settings, compile_backend: str | Callable = "inductor") -> "StableDiffusion":
         """compile_backend: torch.compile's, with COMPILE=1 (the tests' "eager" traces and guards as inductor does,
         without its code generation's minutes)."""
         folder = weights.locate(settings.model_id, settings.models_dir, safety_checker=settings.safety_checker,
@@ -188,7 +189,7 @@ class StableDiffusion:
                 if settings.compile_cache:
                     model.compile_cache = Cache(settings.compile_cache)
                     model.compile_cache.use()
-                model.compile(compile_backend, denoiser_fallback=CudaGraphed(denoiser.forward) if graphs else None)
+                model.compile(compile_backend, fallback=CudaGraphed(denoiser.forward) if graphs else denoiser.forward)
             elif graphs:
                 denoiser.forward = CudaGraphed(denoiser.forward)
         # COMPILE=1 compiles at the warm-up, whatever WARM_UP says: a request must never wait for a compile.
@@ -196,16 +197,16 @@ class StableDiffusion:
         model.warm_ups = model.plan_warm_ups(settings) if wanted else []
         return model
 
-    def compile(self, backend: str = "inductor", denoiser_fallback=None) -> None:
+    def compile(self, backend: str | Callable, fallback: Callable) -> None:
         """COMPILE=1: torch.compile the denoiser (UNet or transformer) and the VAE decoder, with CUDA graphs; each
-        variant is compiled at the warm-up, and afterwards what is not covered runs the fallback (compiled.py)."""
+        variant is compiled at the warm-up, and afterwards what is not covered runs `fallback` in the denoiser's
+        place (its CUDA graphs, or itself) and the VAE decoder as it is (compiled.py)."""
         denoiser = self.family.denoiser_of(self.pipe)
         if hasattr(denoiser, "fuse_qkv_projections"):
             denoiser.fuse_qkv_projections()
         self.to(self.pipe.dtype, torch.channels_last)
         vae = self.pipe.vae
-        self.compiled = [Compiled(self.family.denoiser, denoiser.forward, denoiser_fallback or denoiser.forward,
-                                  backend),
+        self.compiled = [Compiled(self.family.denoiser, denoiser.forward, fallback, backend),
                          Compiled("vae_decode", vae.decode, vae.decode, backend)]
         denoiser.forward, vae.decode = self.compiled
 
