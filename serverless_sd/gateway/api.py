@@ -25,6 +25,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field, ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import logs, origin
@@ -106,15 +107,9 @@ def create_app(config: GatewayConfig) -> FastAPI:
     app = FastAPI(title="Banana v4 gateway", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.dispatcher = dispatcher
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
+    app.add_middleware(SameSite, loopback_listener=loopback_listener)
     # OpenAI's and AUTOMATIC1111's APIs: each generation waits out its queue time limit, then its run time limit.
     generations = Generations(dispatcher, config.model_name, 2 * config.job_timeout + 10)
-
-    @app.middleware("http")
-    async def refuse_other_sites(request: Request, call_next):
-        refused = origin.refusal(request.headers, loopback_listener)
-        if refused:
-            return JSONResponse(answers.error(f"error: {refused}"), status_code=403)
-        return await call_next(request)
 
     @app.exception_handler(Rejected)
     @app.exception_handler(QueueFull)
@@ -244,7 +239,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
     async def metrics(request: Request):
         if refused := unauthorized(request):
             return refused
-        text = dispatcher.metrics.render(dispatcher.counts, dispatcher.healthy)
+        text = dispatcher.metrics.render(await dispatcher.counted(), dispatcher.healthy)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     @banana("/cancel/v4", "Cancel a queued or running job", CheckBody)
@@ -270,7 +265,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
     async def scale(request: Request):
         if refused := unauthorized(request):
             return refused
-        counts = dispatcher.counts
+        counts = await dispatcher.counted()
         return Scale(work=work(counts), queued=counts.get(QUEUED, 0), running=counts.get(RUNNING, 0),
                      replicas=len(dispatcher.healthy))
 
@@ -315,6 +310,21 @@ def create_app(config: GatewayConfig) -> FastAPI:
 def _shape(path: str) -> Callable[[Refused], JSONResponse]:
     """The error shape of the API a path belongs to."""
     return openai_images.error_response if path.startswith("/v1/") else a1111.error_response
+
+
+class SameSite:
+    """Refuses another site's pages (origin.refusal), and beyond loopback a Host that is not loopback's, before any
+    route runs. Plain ASGI, as BodyLimit: Starlette's @app.middleware("http") hides a client's disconnect from the
+    route (request.is_disconnected never turns true), which held every long poll whose caller had left to its end."""
+
+    def __init__(self, app, loopback_listener: bool):
+        self.app, self.loopback_listener = app, loopback_listener
+
+    async def __call__(self, scope, receive, send):
+        refused = scope["type"] == "http" and origin.refusal(Headers(scope=scope), self.loopback_listener)
+        if refused:
+            return await JSONResponse(answers.error(f"error: {refused}"), status_code=403)(scope, receive, send)
+        return await self.app(scope, receive, send)
 
 
 class BodyLimit:

@@ -37,7 +37,7 @@ class Dispatcher:
         self.job_timeout_s = job_timeout_s
         self.lease_s = lease_s
         self.webhooks = webhooks
-        self.counts: dict[str, int] = {}  # jobs queued and running, refreshed each second for /metrics
+        self.counts: dict[str, int] = {}  # jobs queued and running, as the store last told them (counted())
         self.inputs_schema: dict | None = None  # modelInputs as the replicas document them, for the playground
         self.loras: dict | None = None  # the replicas' GET /loras: their baked LoRAs, for the playground's picker
         self.healthy: dict[str, bool] = {}  # each replica known now: up and idle at its last check
@@ -72,6 +72,15 @@ class Dispatcher:
         logs.event("job", call_id=job.call_id, state=job.state)
         self._work.set()
         return job
+
+    async def counted(self) -> dict[str, int]:
+        """Jobs queued and running now, for a scrape (/metrics, /scale); the last counts known if the store does not
+        answer within 2 s: an autoscaler must get an answer, while the jobs ride the outage out."""
+        try:
+            self.counts = await asyncio.wait_for(self.store.counts(), 2)
+        except Exception as error:  # noqa: BLE001 - a store outage: the last known counts
+            logs.event("counts_error", error=type(error).__name__)
+        return self.counts
 
     async def cancel(self, job: Job) -> Job | None:
         """Cancel a queued or running job (a running job's result is dropped when it comes); None if it ended."""
@@ -244,7 +253,6 @@ class Dispatcher:
     async def _maintain(self) -> None:
         while True:
             try:
-                self.counts = await self.store.counts()
                 await self._ended(await self.store.recover(MAX_ATTEMPTS))
                 await self._ended(await self.store.sweep(self.job_timeout_s))
             except Exception as error:  # noqa: BLE001 - retried on the next round
