@@ -1,19 +1,77 @@
 """The project's processes as a user starts them (app.py, gateway.py, redis-server), on free ports: shared by the
-tests and by bench.loadtest, so that the load test runs exactly what the tests run."""
+tests and by bench.loadtest, so that the load test runs exactly what the tests run.
 
+Nothing started here outlives what started it. Every process is started by spawn(): it gets SIGKILL when the process
+that started it dies, however that dies (a test's timeout, an out-of-memory kill, a crash), so that a chain of them
+(pytest's worker, bench.soak, the replicas it starts) goes down together. A tool that starts processes of its own,
+run() runs in a process group of its own, and ends that group whatever the tool's end.
+"""
+
+import ctypes
 import json
 import os
 import resource
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_KEY = "test-key-0123456789"  # gateways refuse keys under 16 characters
+# PyTorch runs a thread per core in every process. The tests, the load test and the soak run many processes on one
+# machine (replicas, gateways, pytest's workers): with two threads each on 2 cores, OpenMP's threads waited for one
+# another at every barrier while the others held the cores (a float32 suite: 86 CPU-minutes, 47 minutes; two test
+# files, 453 s against 160 s with one thread each). One thread each, unless OMP_NUM_THREADS says otherwise.
+THREADS = os.environ.get("OMP_NUM_THREADS") or "1"
+_PR_SET_PDEATHSIG = 1
+
+
+def _dies_with_its_parent(nofile: int | None = None) -> Callable[[], None] | None:
+    """What the child runs before its program: the open-files limit, and Linux's parent-death signal. The signal
+    comes when the thread that started the child ends, so it is armed only from the main thread (a thread that ended
+    before its process would take the child with it); processes started elsewhere are stopped by their owners."""
+    armed = sys.platform == "linux" and threading.current_thread() is threading.main_thread()
+    if not armed and nofile is None:
+        return None
+    parent = os.getpid()
+    prctl = ctypes.CDLL(None, use_errno=True).prctl if armed else None  # looked up here: the child only calls it
+
+    def before_exec() -> None:
+        if nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+        if prctl is not None:
+            prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+            if os.getppid() != parent:  # the parent died before the signal was armed
+                os._exit(1)
+
+    return before_exec
+
+
+def spawn(args: list[str], nofile: int | None = None, **popen) -> subprocess.Popen:
+    """subprocess.Popen, the child ending with its parent (above), under `ulimit -n nofile` if given."""
+    return subprocess.Popen(args, preexec_fn=_dies_with_its_parent(nofile), **popen)
+
+
+def run(args: list[str], timeout: float, **popen) -> subprocess.CompletedProcess:
+    """subprocess.run(args, capture_output=True, text=True) for a tool that starts processes of its own (bench.soak):
+    in a process group of its own, which is killed when the tool returns, times out, or the caller is interrupted
+    (pytest-timeout's signal), so that what the tool left running ends with it."""
+    with spawn(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+               **popen) as process:
+        try:
+            out, err = process.communicate(timeout=timeout)
+        finally:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return subprocess.CompletedProcess(args, process.returncode, out, err)
 
 
 def free_port() -> int:
@@ -32,18 +90,15 @@ class Service:
         self.nofile = nofile  # as `ulimit -n` would set it: the open-files limit containers give
         self.port = port or free_port()
         self.url = f"http://{host}:{self.port}"
-        self.args, self.env = args, {**os.environ, "HF_HUB_OFFLINE": "1", **env}
+        self.args, self.env = args, {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": THREADS, **env}
         name = args[1] if args[0] == "-m" else Path(args[0]).stem
         self.log_path = tmp / f"{name}-{host}-{self.port}.log"
         self.start()
 
     def start(self) -> None:
         self._log = self.log_path.open("ab")
-        def limit() -> None:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
-
-        self.proc = subprocess.Popen([sys.executable, "-u", *self.args], cwd=ROOT, env=self.env, stdout=self._log,
-                                     stderr=subprocess.STDOUT, preexec_fn=limit if self.nofile else None)
+        self.proc = spawn([sys.executable, "-u", *self.args], self.nofile, cwd=ROOT, env=self.env, stdout=self._log,
+                          stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 180) -> "Service":
         deadline = time.monotonic() + timeout
@@ -156,10 +211,9 @@ class RedisServer:
         self.start()
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                                      "--dir", str(self.folder), "--databases", "256", "--save", "",
-                                      "--appendonly", "yes",
-                                      "--appendfsync", "always"], stdout=subprocess.DEVNULL)
+        self.proc = spawn(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
+                           "--databases", "256", "--save", "", "--appendonly", "yes", "--appendfsync", "always"],
+                          stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:

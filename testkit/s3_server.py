@@ -16,7 +16,7 @@ import time
 import boto3
 from botocore.config import Config
 
-from .processes import free_port
+from .processes import free_port, spawn
 
 REGION = "us-east-1"
 
@@ -28,8 +28,8 @@ class S3Server:
         env = {**os.environ}
         if enforce:  # the first actions (making the user and its key) run unchecked, every later one checked
             env["INITIAL_NO_AUTH_ACTION_COUNT"] = "3"
-        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = spawn([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)], env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         while True:
             try:

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from testkit.processes import ROOT, free_port
+from testkit.processes import ROOT, free_port, spawn
 
 FAST = {"prompt": "a lighthouse", "num_inference_steps": 1}
 KEYS = ("--api-key", "test-key-0123456789", "--model-key", "test-model")
@@ -251,9 +251,8 @@ def test_make_demo_serves_the_whole_path_with_no_download(tmp_path):
     app_port, gateway_port = free_port(), free_port()
     env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}", "MODELS_DIR": str(tmp_path)}
     env.pop("HF_HUB_OFFLINE", None)  # as a newcomer's shell: nothing switches the hub off, it is just unreachable
-    demo = subprocess.Popen(["make", "demo", f"APP_PORT={app_port}", f"GATEWAY_PORT={gateway_port}"], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    demo = spawn(["make", "demo", f"APP_PORT={app_port}", f"GATEWAY_PORT={gateway_port}"], cwd=ROOT, env=env,
+                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         body = {"apiKey": "", "modelKey": "", "modelInputs": {"prompt": "a", "num_inference_steps": 1}}
         deadline = time.monotonic() + 240

@@ -1,17 +1,15 @@
 """The short version of `make soak` (bench.soak): a few hundred requests and jobs under `ulimit -n 256`."""
 
 import json
-import subprocess
 import sys
 
-from testkit.processes import ROOT
+from testkit import processes
 
 
 def test_short_soak_open_files_memory_and_store_stay_flat_and_no_job_is_lost(tmp_path):
     out = tmp_path / "soak.json"
-    result = subprocess.run([sys.executable, "-m", "bench.soak", "--requests", "300", "--jobs", "300", "--out",
-                             str(out)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=900)
+    result = processes.run([sys.executable, "-m", "bench.soak", "--requests", "300", "--jobs", "300", "--out",
+                            str(out)], timeout=900, cwd=processes.ROOT)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["replica"]["ok"] and report["replica"]["samples"][-1]["request"] == 300
