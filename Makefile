@@ -11,7 +11,7 @@ SDKS := 4.0.0 6.3.0
 APP_PORT ?= 8000
 GATEWAY_PORT ?= 8080
 
-.PHONY: setup lint test fuzz loadtest soak serve demo download bench bench-families bench-few-step bench-loras bench-previews bench-compile-cache bench-wheels coldstart clean
+.PHONY: setup lint test fuzz mutants loadtest soak serve demo download bench bench-families bench-few-step bench-loras bench-previews bench-compile-cache bench-wheels coldstart clean
 
 setup: $(STAMP)
 
@@ -39,6 +39,11 @@ test: setup lint
 # The fuzz tests with 10x the cases of `make test`, on a fresh random seed each run.
 fuzz: setup
 	FUZZ_EXAMPLES=10000 HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest tests/test_serving_fuzz.py tests/gateway/test_api_fuzz.py
+
+# Each test that an input changes the image, run with the code path it guards broken (in float32, and in bf16 where
+# the CPU has it): each must fail (testkit/mutants.py, bench/results/mutants.json).
+mutants: setup
+	$(PY) -m testkit.mutants
 
 # 200 startOnly jobs, 20 clients, 2 replicas of the tiny model, Redis: every job exactly once (bench/results/).
 loadtest: setup

@@ -5,11 +5,17 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import HealthCheck, settings
 
-from testkit import model_factory
-from testkit.processes import AppProcess, GatewayProcess, RedisServer
+from testkit import model_factory, precision
+from testkit.processes import THREADS, AppProcess, GatewayProcess, RedisServer
 from testkit.s3_server import S3Server
+
+# One dtype for every app the tests start, whatever the CPU (testkit.precision): replicas inherit it from here.
+os.environ["DTYPE"] = precision.DTYPE
+# One thread for the models this worker runs itself, as for the processes it starts (testkit.processes.THREADS).
+torch.set_num_threads(int(THREADS))
 
 # `make test` replays the same cases every run (a red CI means a change broke something); `make fuzz` draws new ones.
 SLOW_IS_FINE = [HealthCheck.too_slow, HealthCheck.data_too_large]

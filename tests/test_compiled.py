@@ -20,6 +20,7 @@ from serverless_sd.pipelines import StableDiffusion
 from serverless_sd.schema import parse
 from serverless_sd.settings import REPO_ROOT as ROOT
 from serverless_sd.settings import Settings, SettingsError
+from testkit import precision
 
 
 class Counting:
@@ -120,7 +121,7 @@ def picture(width: int, height: int) -> str:
 
 
 def test_a_listed_size_the_model_cannot_take_stops_the_start_naming_it(models):
-    settings = Settings(model_id=str(models["sd"]), device="cpu", compile=True, compile_sizes="64x64,100x64")
+    settings = precision.settings(model_id=str(models["sd"]), compile=True, compile_sizes="64x64,100x64")
     with pytest.raises(SettingsError, match=r"COMPILE_SIZES, COMPILE_IMAGES: 100x64 with 1 image\(s\) .*width"):
         StableDiffusion.load(settings, compile_backend="eager")
     with pytest.raises(SettingsError, match="COMPILE_SIZES, COMPILE_IMAGES: 64x64 with 9 image"):
@@ -164,7 +165,7 @@ def test_a_compile_cache_the_app_cannot_write_costs_a_compile_not_the_start(mode
     taken = tmp_path / "a-file"
     taken.write_text("not a folder")
     before = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    settings = Settings(model_id=str(models["sd"]), device="cpu", compile=True, compile_cache=taken / "compiled")
+    settings = precision.settings(model_id=str(models["sd"]), compile=True, compile_cache=taken / "compiled")
     model = StableDiffusion.load(settings, compile_backend="eager")
     assert model.warm_up() and all(c.variants for c in model.compiled)
     events = [json.loads(line) for line in log.getvalue().splitlines()]

@@ -11,7 +11,7 @@ from diffusers import StableDiffusionPipeline
 
 from serverless_sd.pipelines import StableDiffusion
 from serverless_sd.schema import parse
-from serverless_sd.settings import Settings
+from testkit import precision
 from testkit.fake_hub import FakeHub
 from testkit.processes import ROOT, free_port
 
@@ -72,7 +72,7 @@ def test_sd3_with_drop_t5_gets_neither_t5_nor_the_single_files_and_loads_offline
     assert weights == ["text_encoder/model.safetensors", "text_encoder_2/model.safetensors",
                        "transformer/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors"]
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    model = StableDiffusion.load(Settings(model_id="acme/sd3", models_dir=tmp_path, drop_t5=True, device="cpu"))
+    model = StableDiffusion.load(precision.settings(model_id="acme/sd3", models_dir=tmp_path, drop_t5=True))
     assert model.family.name == "sd3" and model.pipe.text_encoder_3 is None
     assert model.generate(parse({"prompt": "a", "num_inference_steps": 2}, model.limits)).images[0].size == (64, 64)
 
@@ -199,7 +199,7 @@ def test_lora_ids_are_baked_by_name_and_served_offline(hub, models, tmp_path):
     assert sorted(path.name for path in (baked / "loras").iterdir()) == [
         "ink.safetensors", "style-lora.safetensors", "watercolor.safetensors"]
     assert (baked / "loras" / "ink.safetensors").read_bytes() == (loras / "two" / "b.safetensors").read_bytes()
-    model = StableDiffusion.load(Settings(model_id="acme/fp32-only", models_dir=baked, device="cpu"))
+    model = StableDiffusion.load(precision.settings(model_id="acme/fp32-only", models_dir=baked))
     assert model.loras.listing()["loras"][0] == {"name": "ink", "bytes": (baked / "loras" / "ink.safetensors")
                                                  .stat().st_size}
     inputs = {"prompt": "a", "num_inference_steps": 1, "seed": 1}

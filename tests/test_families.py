@@ -19,6 +19,8 @@ from serverless_sd.families import FamilyError
 from serverless_sd.pipelines import StableDiffusion, size_multiple
 from serverless_sd.schema import InputError, parse
 from serverless_sd.settings import Settings
+from testkit import precision
+from testkit.spies import Calls, relative
 
 from test_modes import picture, uri
 
@@ -27,12 +29,12 @@ FAST = {"prompt": "a red cube", "num_inference_steps": 3, "width": 64, "height":
 
 
 def load(models, family: str, **settings) -> StableDiffusion:
-    return StableDiffusion.load(Settings(model_id=str(models[family]), device="cpu", **settings))
+    return StableDiffusion.load(precision.settings(model_id=str(models[family]), **settings))
 
 
 @pytest.fixture(scope="module")
 def loaded(models) -> dict[str, StableDiffusion]:
-    """Each flow-matching family as the app loads it by default (bf16 where the CPU has it), with its ControlNet."""
+    """Each flow-matching family, in the tests' dtype, with its ControlNet."""
     return {family: load(models, family, controlnet_id=str(models[f"{family}_controlnet"])) for family in FLOW}
 
 
@@ -46,6 +48,20 @@ def array(image: Image.Image) -> np.ndarray:
 
 def differs(a: Image.Image, b: Image.Image) -> bool:
     return np.abs(array(a) - array(b)).mean() > 0.5
+
+
+def given_to_the_transformer(model: StableDiffusion, **inputs) -> Calls:
+    """One generation, and what its transformer was called with at each step."""
+    with Calls(model.pipe.transformer) as transformer:
+        generate(model, **inputs)
+    return transformer
+
+
+def timesteps(calls: Calls) -> list[float]:
+    return [float(t.flatten()[0]) for t in calls.each("timestep")]
+
+
+CONTROLNET_INPUT = {"sd3": "block_controlnet_hidden_states", "flux": "controlnet_block_samples"}
 
 
 def refusal(model: StableDiffusion, **inputs) -> dict[str, str]:
@@ -83,19 +99,26 @@ def test_every_mode_and_seeds(loaded, family):
     pair = generate(model, seed=11, num_images=2)
     assert pair.family == family and pair.seeds == [11, 12] and [i.size for i in pair.images] == [(64, 64)] * 2
     alone = generate(model, seed=12).images[0]
-    # Image i regenerates alone from seeds[i] (a batch of one runs other bf16 kernels: a rounding apart).
+    # Image i regenerates alone from seeds[i] (a batch of one runs other kernels: a rounding apart, in bf16); its
+    # neighbour, from other noise, is another image.
     assert not differs(pair.images[1], alone)
-    assert differs(pair.images[0], alone)
+    assert np.abs(array(pair.images[0]) - array(alone)).mean() > 5
     start = uri(picture(80, 64))
     img2img = generate(model, seed=1, image=start, width=None, height=None)
     assert img2img.inputs.mode == "img2img" and img2img.images[0].size == (80, 64)
-    assert differs(img2img.images[0], generate(model, seed=1, image=start, strength=0.4, width=None,
-                                               height=None).images[0])
+    # strength: the part of the schedule that runs (the default 0.8 of 3 steps is 2, 0.4 is 1).
+    steps = [len(given_to_the_transformer(model, seed=1, image=start, width=None, height=None, **strength).calls)
+             for strength in ({}, {"strength": 0.4})]
+    assert steps[0] > steps[1] > 0
     inpaint = generate(model, seed=1, image=start, mask_image=uri(Image.new("L", (80, 64), 255)))
     assert inpaint.inputs.mode == "inpaint" and inpaint.images[0].size == (64, 64)
     control = generate(model, seed=1, control_image=uri(picture(64, 64)))
     assert control.inputs.mode == "controlnet"
-    assert differs(control.images[0], generate(model, seed=1, control_image=uri(picture(64, 64, seed=3))).images[0])
+    # What the ControlNet gives the transformer's blocks at the first step: another control image, others.
+    given = [torch.cat([block.flatten() for block in given_to_the_transformer(
+        model, seed=1, control_image=uri(picture(64, 64, seed=seed))).first(CONTROLNET_INPUT[family])])
+        for seed in (0, 3)]
+    assert relative(*given) > 0.1
     assert not any(pair.nsfw + control.nsfw)  # neither family ships a safety checker
 
 
@@ -126,17 +149,24 @@ def test_what_a_family_does_not_take_is_refused_by_name(loaded, models):
         assert "flow-matching" in message and "flow_euler, flow_euler_karras" in message
     assert "not a flow-matching model" in refusal(load(models, "sd"), scheduler="flow_euler")["scheduler"]
     parse({"prompt": "a", "negative_prompt": ""}, flux.limits)  # an empty one is none (A1111 clients send it)
-    negative = generate(sd3, seed=2, negative_prompt="green").images[0]
-    assert differs(negative, generate(sd3, seed=2).images[0])  # SD 3 takes one, and it acts
+    # SD 3 takes one, and it acts: the unconditional half of the batch (the first) is its text, the prompt's is kept.
+    negative, none = (given_to_the_transformer(sd3, seed=2, **given).first("encoder_hidden_states")
+                      for given in ({"negative_prompt": "green"}, {}))
+    assert relative(negative[:1], none[:1]) > 0.1 and torch.equal(negative[1:], none[1:])
     euler, karras = (generate(flux, seed=2, scheduler=name).images[0] for name in ("Euler", "flow_euler_karras"))
     assert np.array_equal(array(euler), array(generate(flux, seed=2).images[0]))  # Euler: the model's own
-    assert differs(euler, karras)
+    euler_steps, karras_steps = (timesteps(given_to_the_transformer(flux, seed=2, scheduler=name))
+                                 for name in ("Euler", "flow_euler_karras"))
+    assert len(euler_steps) == len(karras_steps) and euler_steps != karras_steps  # Karras' sigmas
 
 
 def test_drop_t5_loads_sd3_without_its_t5_and_flux_refuses_it(loaded, models):
     lean = load(models, "sd3", drop_t5=True)
     assert lean.pipe.text_encoder_3 is None and loaded["sd3"].pipe.text_encoder_3 is not None
-    assert differs(generate(lean, seed=4).images[0], generate(loaded["sd3"], seed=4).images[0])
+    # SD 3 reads CLIP's 77 tokens, then T5's: without T5 those are zeros, as its pipeline documents.
+    without, with_t5 = (given_to_the_transformer(model, seed=4).first("encoder_hidden_states")
+                        for model in (lean, loaded["sd3"]))
+    assert without.shape == with_t5.shape and not without[:, 77:].any() and with_t5[:, 77:].abs().max() > 0.1
     with pytest.raises(FamilyError, match="DROP_T5=1 applies to SD 3 models; this one is FLUX.1"):
         load(models, "flux", drop_t5=True)
     with pytest.raises(FamilyError, match="is a ControlNetModel: a FLUX.1 model takes a FluxControlNetModel"):
@@ -155,8 +185,9 @@ def test_cpu_offload_hooks_each_mode_and_changes_no_pixel(loaded, models):
 
 @pytest.mark.parametrize("family", FLOW)
 def test_compile_and_warm_up_take_the_transformer(models, family):
-    model = StableDiffusion.load(Settings(model_id=str(models[family]), device="cpu", compile=True,
-                                          controlnet_id=str(models[f"{family}_controlnet"])), compile_backend="eager")
+    settings = precision.settings(model_id=str(models[family]), compile=True,
+                                  controlnet_id=str(models[f"{family}_controlnet"]))
+    model = StableDiffusion.load(settings, compile_backend="eager")
     assert model.warm_up()  # the native size, the model's default guidance (none for schnell)
     assert [c.name for c in model.compiled] == ["transformer", "vae_decode"]
     assert all(len(c.variants) == 1 and c.sealed for c in model.compiled)

@@ -15,6 +15,7 @@ from serverless_sd.loras import Fuser, Layer, Library, Reader
 from serverless_sd.pipelines import StableDiffusion
 from serverless_sd.schema import Limits, LoraChoice, parse
 from serverless_sd.settings import Settings
+from testkit import precision
 from testkit.fake_hub import FakeHub
 from testkit.model_factory import save_tiny_lora
 
@@ -56,7 +57,7 @@ def test_fused_weights_are_diffusers_own_fused_weights(models, tmp_path, family,
 
 
 def test_a_lora_changes_the_image_and_leaves_nothing_behind(models, baked):
-    model = StableDiffusion.load(Settings(model_id=str(models["sd"]), device="cpu", loras_dir=baked))
+    model = StableDiffusion.load(precision.settings(model_id=str(models["sd"]), loras_dir=baked))
     modules = {id(module) for part in (model.pipe.unet, model.pipe.text_encoder) for module in part.modules()}
     addresses = {name: weight.data_ptr() for name, weight in model.pipe.unet.named_parameters()}
 

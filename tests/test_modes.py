@@ -1,16 +1,21 @@
-"""img2img, inpainting, ControlNet, schedulers and the safety checker, over HTTP, on one loaded model."""
+"""img2img, inpainting, ControlNet, schedulers and the safety checker: over HTTP what a caller sees (modes, sizes,
+errors), and in this process what each input does to the model (testkit.spies: the picture the VAE encodes, the
+residuals a ControlNet adds, the timesteps a scheduler or a strength gives), in the tests' one dtype."""
 
 import base64
 import io
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from serverless_sd.pipelines import StableDiffusion
 from serverless_sd.schema import InputError, parse
-from serverless_sd.settings import Settings
+from testkit import precision
 from testkit.file_server import FileServer
+from testkit.spies import Calls, relative
 
 from test_app import decode, generate, pixels
 
@@ -39,16 +44,50 @@ def mask(width: int = 96, height: int = 80, left: bool = True) -> Image.Image:
     return Image.fromarray(array)
 
 
-def differs(a: dict, b: dict) -> bool:
-    return np.abs(pixels(a["image_base64"]) - pixels(b["image_base64"])).mean() > 0.5
+@pytest.fixture(scope="module")
+def model(models) -> StableDiffusion:
+    """The tiny model and its ControlNet, loaded in this process, so that what reaches them can be watched."""
+    return StableDiffusion.load(precision.settings(model_id=str(models["sd"]), controlnet_id=str(models["controlnet"])))
 
 
-def test_img2img_takes_the_input_images_size_and_each_input_changes_the_output(sd_app):
+def run(model: StableDiffusion, **inputs) -> SimpleNamespace:
+    """One generation, and what the UNet and the VAE's encoder and decoder were called with."""
+    with Calls(model.pipe.unet) as unet, Calls(model.pipe.vae.encoder) as encoder, \
+            Calls(model.pipe.vae.decoder) as decoder:
+        generated = model.generate(parse({**FAST, **inputs}, model.limits))
+    return SimpleNamespace(unet=unet, encoder=encoder, decoder=decoder, image=generated.images[0])
+
+
+def timesteps(calls: Calls) -> list[float]:
+    return [float(t) for t in calls.each("timestep")]
+
+
+def residuals(calls: Calls, step: int = 0) -> torch.Tensor | None:
+    """What the ControlNet added to the UNet's skip connections at one step, all in one vector (None: nothing)."""
+    call = calls.calls[step]
+    down, mid = call.get("down_block_additional_residuals"), call.get("mid_block_additional_residual")
+    return None if down is None else torch.cat([r.flatten() for r in (*down, mid)])
+
+
+def test_img2img_takes_the_input_images_size(sd_app):
     base = generate(sd_app, **FAST, image=uri(picture()))
     assert base["mode"] == "img2img" and decode(base["image_base64"]).size == (96, 80)
-    assert differs(base, generate(sd_app, **FAST, image=uri(picture(seed=1))))
-    assert differs(base, generate(sd_app, **FAST, image=uri(picture()), strength=0.5))
     assert decode(generate(sd_app, **FAST, image=uri(picture()), width=64, height=64)["image_base64"]).size == (64, 64)
+
+
+def test_img2img_starts_from_the_input_image_and_runs_the_part_of_the_schedule_its_strength_says(model):
+    first = run(model, image=uri(picture()))
+    # The VAE encodes the picture itself (scaled to [-1, 1]), and another picture is another start.
+    as_sent = torch.from_numpy(np.asarray(picture(), dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)
+    assert relative(first.encoder.first("sample")[0], as_sent) < 0.01
+    other = run(model, image=uri(picture(seed=1)))
+    assert relative(first.encoder.first("sample"), other.encoder.first("sample")) > 0.5
+    # strength s runs the last s of the schedule: the same timesteps as strength 1 from a later start.
+    schedule = {strength: timesteps(run(model, image=uri(picture()), strength=strength).unet)
+                for strength in (1.0, 0.8, 0.5)}
+    assert len(schedule[1.0]) > len(schedule[0.8]) > len(schedule[0.5]) > 0
+    assert all(steps == schedule[1.0][-len(steps):] for steps in schedule.values())
+    assert schedule[0.8] == timesteps(first.unet)  # 0.8: the default
 
 
 @pytest.mark.parametrize("fmt, data_uri", [("JPEG", True), ("WEBP", True), ("PNG", False)])
@@ -64,27 +103,43 @@ def test_sizes_are_rounded_down_to_multiples_of_8_and_fitted_to_the_budget(start
     assert decode(generate(small_budget, **FAST, image=uri(picture(200, 100)))["image_base64"]).size == (128, 64)
 
 
-def test_inpainting_repaints_the_white_part(sd_app):
-    left = generate(sd_app, **FAST, image=uri(picture()), mask_image=uri(mask(left=True)))
-    right = generate(sd_app, **FAST, image=uri(picture()), mask_image=uri(mask(left=False)))
-    assert left["mode"] == "inpaint" and decode(left["image_base64"]).size == (96, 80)
-    assert differs(left, right)
+def test_inpainting_answers_the_input_images_size(sd_app):
+    answer = generate(sd_app, **FAST, image=uri(picture()), mask_image=uri(mask(left=True)))
+    assert answer["mode"] == "inpaint" and decode(answer["image_base64"]).size == (96, 80)
 
 
-def test_controlnet_follows_the_control_image(controlnet_app):
+def test_inpainting_repaints_the_white_part_and_keeps_the_rest(model):
+    """What the VAE decodes: where the mask is black, the input picture's own latents, exactly (those of a mask that
+    keeps everything); where it is white, new ones."""
+    def halves(mask_image: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
+        latents = run(model, image=uri(picture()), mask_image=uri(mask_image)).decoder.first("sample")
+        return latents[..., :latents.shape[-1] // 2], latents[..., latents.shape[-1] // 2:]
+
+    kept = halves(Image.new("L", (96, 80), 0))
+    for white, black in ((0, 1), (1, 0)):
+        latents = halves(mask(left=white == 0))
+        assert torch.equal(latents[black], kept[black])
+        assert relative(latents[white], kept[white]) > 0.5
+
+
+def test_controlnet_is_chosen_by_the_control_image(controlnet_app):
     base = generate(controlnet_app, **FAST, control_image=uri(picture(64, 64)))
     assert base["mode"] == "controlnet" and decode(base["image_base64"]).size == (64, 64)
-    assert differs(base, generate(controlnet_app, **FAST, control_image=uri(picture(64, 64, seed=3))))
-    assert differs(base, generate(controlnet_app, **FAST, control_image=uri(picture(64, 64)),
-                                  controlnet_conditioning_scale=0.2))
     assert generate(controlnet_app, **FAST)["mode"] == "txt2img"  # the same weights serve plain text-to-image
 
 
-def test_the_modes_share_one_copy_of_the_weights(models):
-    from serverless_sd.pipelines import StableDiffusion
-    from serverless_sd.settings import Settings
+def test_controlnet_follows_the_control_image_at_the_scale_asked(model):
+    """The residuals the ControlNet adds to the UNet at the first step (the same latents and prompt in each run):
+    another control image gives other residuals; controlnet_conditioning_scale scales them; without a control image
+    the UNet gets none."""
+    base = residuals(run(model, control_image=uri(picture(64, 64))).unet)
+    assert relative(base, residuals(run(model, control_image=uri(picture(64, 64, seed=3))).unet)) > 0.1
+    scaled = residuals(run(model, control_image=uri(picture(64, 64)), controlnet_conditioning_scale=0.2).unet)
+    assert relative(scaled, 0.2 * base) < 0.01
+    assert residuals(run(model).unet) is None
 
-    model = StableDiffusion.load(Settings(model_id=str(models["sd"]), controlnet_id=str(models["controlnet"])))
+
+def test_the_modes_share_one_copy_of_the_weights(model):
     assert set(model.modes) == {"txt2img", "img2img", "inpaint", "controlnet"}
     for mode in model.modes.values():
         assert mode.unet is model.pipe.unet and mode.vae is model.pipe.vae
@@ -100,11 +155,13 @@ def test_schedulers_by_name(sd_app, name):
     assert decode(generate(sd_app, **FAST, scheduler=name)["image_base64"]).size == (64, 64)
 
 
-def test_a_scheduler_changes_the_image_and_does_not_leak_into_the_next_request(sd_app):
-    default = generate(sd_app, **FAST)
-    assert differs(default, generate(sd_app, **FAST, scheduler="euler_a"))
-    assert generate(sd_app, **FAST)["image_base64"] == default["image_base64"]
-    assert generate(sd_app, **FAST, scheduler="pndm")["image_base64"] == default["image_base64"]  # the model's own
+def test_a_scheduler_gives_its_own_timesteps_and_does_not_leak_into_the_next_request(model):
+    default = run(model)
+    euler_a = run(model, scheduler="euler_a")
+    assert timesteps(euler_a.unet) != timesteps(default.unet)  # PNDM runs its first timestep twice; Euler's once
+    after = run(model)
+    assert timesteps(after.unet) == timesteps(default.unet) and after.image.tobytes() == default.image.tobytes()
+    assert run(model, scheduler="pndm").image.tobytes() == default.image.tobytes()  # the model's own
 
 
 def test_the_safety_checker_runs_by_default_and_blanks_each_flagged_image(start_app, models):
@@ -120,11 +177,13 @@ def test_safety_checker_off(start_app, models):
     assert answer["nsfw"] == [False, False] and all(pixels(image).max() > 0 for image in answer["images"])
 
 
-def test_img2img_under_one_step_runs_one_at_the_strength_asked(sd_app):
+def test_img2img_under_one_step_runs_one_at_the_strength_asked(sd_app, model):
     light = {**FAST, "image": uri(picture()), "strength": 0.1, "num_inference_steps": 5}  # 0.5 of a step
     once = generate(sd_app, **light)
     assert once["images"] == generate(sd_app, **light)["images"]  # the seed reproduces it
-    assert differs(once, generate(sd_app, **{**light, "strength": 0.9}))
+    # The schedule is lengthened until one step runs, from near the end of the noise levels (0.9: near the start).
+    light_steps, heavy_steps = (timesteps(run(model, **{**light, "strength": s}).unet) for s in (0.1, 0.9))
+    assert 0 < len(light_steps) < len(heavy_steps) and max(light_steps) <= 200 and max(heavy_steps) >= 500
 
 
 def bomb() -> str:
@@ -184,8 +243,8 @@ def image_server(tmp_path_factory):
 def test_input_images_by_url_from_allowed_hosts_only(models, image_server):
     """image, mask_image and control_image may be URLs, fetched with the bounds of base64 images, from the hosts
     IMAGE_HOSTS lists (fetching.py: no other host, no address inside the network unless listed as such)."""
-    model = StableDiffusion.load(Settings(model_id=str(models["sd"]), device="cpu", image_hosts=image_server.url,
-                                          max_image_bytes=500_000))
+    model = StableDiffusion.load(precision.settings(model_id=str(models["sd"]), image_hosts=image_server.url,
+                                                    max_image_bytes=500_000))
     inputs = {"prompt": "a", "num_inference_steps": 2, "seed": 1}
     by_url = {**inputs, "image": f"{image_server.url}/in.png", "mask_image": f"{image_server.url}/mask.png"}
     by_value = {**inputs, "image": uri(picture(96, 80)), "mask_image": uri(mask(96, 80))}

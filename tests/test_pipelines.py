@@ -1,4 +1,5 @@
-"""Loading and generation choices: the default dtype gives what fp32 gives, up to its rounding."""
+"""Loading and generation choices: the dtype the CPU or GPU is served in (bf16 on a CPU that computes it gives what
+fp32 gives, up to its rounding), warm-ups, inpainting checkpoints, guidance off, the VAE's slicing."""
 
 import httpx
 import numpy as np
@@ -10,6 +11,7 @@ from serverless_sd import families
 from serverless_sd.pipelines import StableDiffusion, choose_device, choose_dtype
 from serverless_sd.schema import parse
 from serverless_sd.settings import Settings
+from testkit import precision
 
 from test_app import generate, pixels
 from test_modes import uri
@@ -25,10 +27,14 @@ def test_dtype_choice():
     assert choose_device("cpu") == cpu
 
 
-def test_the_default_dtype_stays_close_to_the_fp32_reference(start_app, models, sd_app):
-    reference = start_app({"MODEL_ID": str(models["sd"]), "DTYPE": "float32"})
+@pytest.mark.skipif(not precision.BF16_CPU, reason=precision.NO_BF16_REASON)
+def test_bf16_on_a_cpu_that_computes_it_stays_close_to_the_fp32_reference(start_app, models, sd_app):
+    """The path the app's default takes on a CPU with AVX-512 BF16 or AMX (DTYPE=auto): bf16 and channels_last."""
+    bf16 = start_app({"MODEL_ID": str(models["sd"]), "DTYPE": "bfloat16"})
+    reference = sd_app if precision.DTYPE == "float32" else start_app({"MODEL_ID": str(models["sd"]),
+                                                                       "DTYPE": "float32"})
     for seed in (1, 2):
-        default = pixels(generate(sd_app, seed=seed, num_inference_steps=4)["image_base64"])
+        default = pixels(generate(bf16, seed=seed, num_inference_steps=4)["image_base64"])
         fp32 = pixels(generate(reference, seed=seed, num_inference_steps=4)["image_base64"])
         difference = np.abs(default - fp32)
         assert difference.mean() < 2 and difference.max() < 24, (difference.mean(), difference.max())
@@ -36,14 +42,16 @@ def test_the_default_dtype_stays_close_to_the_fp32_reference(start_app, models, 
     assert np.abs(other_seed - fp32).mean() > 10  # what "not the same image" looks like
 
 
-@pytest.mark.parametrize("dtype, nhwc", [("bfloat16", True), ("float32", False)])
-def test_bf16_on_cpu_runs_channels_last_and_fp32_does_not(models, dtype, nhwc):
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32", "auto"])
+def test_bf16_on_cpu_runs_channels_last_and_fp32_does_not(models, dtype):
+    """auto: what the CPU computes natively, bf16 where it has AVX-512 BF16 or AMX, float32 elsewhere."""
     settings = Settings(model_id=str(models["sd"]), controlnet_id=str(models["controlnet"]), device="cpu", dtype=dtype)
     model = StableDiffusion.load(settings)
+    served = {"auto": torch.bfloat16 if precision.BF16_CPU else torch.float32}.get(dtype) or getattr(torch, dtype)
     for conv in (model.pipe.unet.conv_in, model.pipe.vae.decoder.conv_in, model.controlnet.conv_in):
-        assert conv.weight.is_contiguous(memory_format=torch.channels_last) is nhwc
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last) is (served == torch.bfloat16)
     for module in (model.pipe.unet, model.pipe.vae, model.pipe.text_encoder, model.controlnet):
-        assert {p.dtype for p in module.parameters()} == {getattr(torch, dtype)}
+        assert {p.dtype for p in module.parameters()} == {served}
 
 
 def test_the_warm_up_keeps_within_the_operators_limits(models, monkeypatch):
@@ -52,10 +60,10 @@ def test_the_warm_up_keeps_within_the_operators_limits(models, monkeypatch):
     generate_as_is = StableDiffusion.generate
     monkeypatch.setattr(StableDiffusion, "generate", lambda self, inputs: warmed.append(inputs) or generate_as_is(
         self, inputs))
-    model = StableDiffusion.load(Settings(model_id=str(models["sd"]), device="cpu", warm_up="on", max_steps=2,
-                                          max_prompt_chars=1))
+    model = StableDiffusion.load(precision.settings(model_id=str(models["sd"]), warm_up="on", max_steps=2,
+                                                    max_prompt_chars=1))
     assert model.warm_up() and [(i.num_inference_steps, i.mode) for i in warmed] == [(2, "txt2img")]
-    assert not StableDiffusion.load(Settings(model_id=str(models["sd"]), device="cpu")).warm_up()  # auto: CUDA only
+    assert not StableDiffusion.load(precision.settings(model_id=str(models["sd"]))).warm_up()  # auto: CUDA only
     assert len(warmed) == 1
 
 
@@ -79,7 +87,7 @@ def test_an_inpainting_checkpoint_inpaints_and_refuses_the_other_modes_by_name(s
 @pytest.mark.parametrize("scheduler", ["lcm", "tcd", "euler_trailing"])
 def test_few_steps_without_guidance_run_the_unet_once_a_step_on_the_prompt_alone(models, scheduler):
     """guidance_scale 0 or 1 turns classifier-free guidance off: no unconditional pass, half the UNet's work."""
-    model = StableDiffusion.load(Settings(model_id=str(models["sd"]), device="cpu"))
+    model = StableDiffusion.load(precision.settings(model_id=str(models["sd"])))
     batches = []
     model.pipe.unet.register_forward_pre_hook(lambda module, args: batches.append(args[0].shape[0]))
     for guidance in (7.0, 1.0, 0.0):

@@ -9,7 +9,7 @@ from PIL import Image
 
 from serverless_sd import schema
 from serverless_sd.pipelines import StableDiffusion
-from serverless_sd.settings import Settings
+from testkit import precision
 
 
 def previews_of(model: StableDiffusion, **inputs) -> list[str]:
@@ -33,7 +33,8 @@ def image(preview: str) -> Image.Image:
 @pytest.mark.parametrize("family", ["sd", "sd3", "flux"])
 def test_each_family_previews_its_latents(models, family):
     decoder = models["taesd" if family == "sd" else "taef1"]
-    model = StableDiffusion.load(Settings(model_id=str(models[family]), preview_every=1, preview_decoder=str(decoder)))
+    model = StableDiffusion.load(precision.settings(model_id=str(models[family]), preview_every=1,
+                                                    preview_decoder=str(decoder)))
     width, height = (96, 64) if family == "sd" else (128, 96)
     previews = previews_of(model, num_inference_steps=3, width=width, height=height)
     assert len(previews) >= 2  # one per step but the last, each different
@@ -43,7 +44,7 @@ def test_each_family_previews_its_latents(models, family):
 
 
 def test_no_preview_where_previews_are_off(models):
-    model = StableDiffusion.load(Settings(model_id=str(models["sd"])))
+    model = StableDiffusion.load(precision.settings(model_id=str(models["sd"])))
     assert model.progress.preview is None and previews_of(model, num_inference_steps=3) == []
 
 
@@ -53,7 +54,7 @@ def test_previews_change_nothing_in_the_image(models):
     inputs = {"prompt": "a lighthouse", "seed": 4, "num_inference_steps": 4}
     images = []
     for every in (0, 1):
-        model = StableDiffusion.load(Settings(model_id=str(models["sd"]), preview_every=every,
-                                              preview_decoder=str(models["taesd"])))
+        model = StableDiffusion.load(precision.settings(model_id=str(models["sd"]), preview_every=every,
+                                                        preview_decoder=str(models["taesd"])))
         images.append(model.generate(schema.parse(inputs, model.limits), "r").answer()["image_base64"])
     assert images[0] == images[1]

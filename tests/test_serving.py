@@ -176,7 +176,11 @@ def test_a_stuck_replica_fails_its_health_check_and_recovers(start_app, models):
     assert httpx.get(app.url + "/healthz").json() == healthy
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         hanging = pool.submit(app.post, {**GOOD, "prompt": "fail: hang"})
-        deadline = time.monotonic() + 5
+        while httpx.get(app.url + "/__status__").json()["gpu_available"]:  # until the handler runs
+            assert not hanging.done()
+            time.sleep(0.05)
+        # Stuck from 2 s into the hang (STUCK_AFTER_S) to its end, 6 s in: asked through that window.
+        deadline = time.monotonic() + 6
         while (answer := httpx.get(app.url + "/healthz")).status_code == 200 and time.monotonic() < deadline:
             time.sleep(0.2)
         assert answer.status_code == 503 and "past STUCK_AFTER_S" in answer.json()["error"], answer.text
