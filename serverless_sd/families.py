@@ -27,6 +27,10 @@ class Family:
     bf16: bool  # on CUDA too: FLUX.1 and SD 3.5 overflow in float16 (black or noisy images)
     clip_prompts: bool  # CLIP alone reads the prompt: weights, prompts past 77 tokens and clip_skip (prompts.py)
     preview_decoder: str  # the tiny autoencoder (madebyollin's TAESD) that decodes this family's latents for previews
+    # COMPILE=1 fuses the attention's QKV projections where diffusers' fused processor computes what the unfused one
+    # does. Not SD 3: its FusedJointAttnProcessor2_0 skips the QK RMSNorms of SD 3.5 Large and Medium (other images)
+    # and fails on SD 3.5 Medium's dual-attention layers (no encoder_hidden_states there).
+    fuse_qkv: bool = True
 
     def denoiser_of(self, pipe):
         return getattr(pipe, self.denoiser)
@@ -41,7 +45,7 @@ FAMILIES = (
            "unet", False, True, 25, 7.0, "ControlNetModel", False, True, "madebyollin/taesdxl"),
     Family("sd3", "SD 3", ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline",
                            "StableDiffusion3InpaintPipeline"),
-           "transformer", True, True, 28, 7.0, "SD3ControlNetModel", True, False, "madebyollin/taesd3"),
+           "transformer", True, True, 28, 7.0, "SD3ControlNetModel", True, False, "madebyollin/taesd3", fuse_qkv=False),
     Family("flux", "FLUX.1", ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline"),
            "transformer", True, False, 28, 3.5, "FluxControlNetModel", True, False, "madebyollin/taef1"),
 )

@@ -30,13 +30,9 @@ from pathlib import Path
 import torch
 
 from . import fetching, logs
+from .compiled import FUSED
 from .schema import InputError, LoraChoice, hub_endpoint
 from .settings import Settings
-
-# diffusers' fuse_qkv_projections (COMPILE=1) concatenates these projections into one weight: a LoRA of to_q then
-# writes into its rows of to_qkv.
-FUSED = (("to_qkv", ("to_q", "to_k", "to_v")), ("to_kv", ("to_k", "to_v")),
-         ("to_added_qkv", ("add_q_proj", "add_k_proj", "add_v_proj")))
 
 
 class LoraError(ValueError):

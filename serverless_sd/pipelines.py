@@ -18,7 +18,7 @@ from diffusers import (
 from PIL import Image
 
 from . import families, images, logs, prompts, schedulers, seeds, weights
-from .compiled import Cache, Compiled
+from .compiled import Cache, Compiled, allow_variants, fuse_projections
 from .cuda_graphs import CudaGraphed
 from .families import Family, FamilyError
 from .loras import Library as LoraLibrary
@@ -195,16 +195,18 @@ class StableDiffusion:
         # COMPILE=1 compiles at the warm-up, whatever WARM_UP says: a request must never wait for a compile.
         wanted = settings.compile or settings.warm_up == "on" or (settings.warm_up == "auto" and device.type == "cuda")
         model.warm_ups = model.plan_warm_ups(settings) if wanted else []
+        if model.compiled:
+            allow_variants(len(model.warm_ups))
         return model
 
     def compile(self, backend: str | Callable, fallback: Callable) -> None:
         """COMPILE=1: torch.compile the denoiser (UNet or transformer) and the VAE decoder, with CUDA graphs; each
         variant is compiled at the warm-up, and afterwards what is not covered runs `fallback` in the denoiser's
-        place (its CUDA graphs, or itself) and the VAE decoder as it is (compiled.py)."""
+        place (its CUDA graphs, or itself) and the VAE decoder as it is (compiled.py). QKV projections fused where
+        the family's fused attention is exact (Family.fuse_qkv)."""
         denoiser = self.family.denoiser_of(self.pipe)
-        if hasattr(denoiser, "fuse_qkv_projections"):
-            denoiser.fuse_qkv_projections()
-        self.to(self.pipe.dtype, torch.channels_last)
+        if self.family.fuse_qkv and hasattr(denoiser, "fuse_qkv_projections"):
+            fuse_projections(denoiser)
         vae = self.pipe.vae
         self.compiled = [Compiled(self.family.denoiser, denoiser.forward, fallback, backend),
                          Compiled("vae_decode", vae.decode, vae.decode, backend)]

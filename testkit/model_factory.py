@@ -208,11 +208,18 @@ FLUX_TRANSFORMER = {"patch_size": 1, "in_channels": 64, "num_layers": 1, "num_si
                     "pooled_projection_dim": 32, "axes_dims_rope": [4, 4, 8]}
 
 
-def save_tiny_sd3(folder: Path) -> Path:
-    """SD-3-shaped: an MMDiT transformer, two CLIP encoders and a T5, flow matching; 64x64 native size."""
+# SD 3.5's transformers: Large and Large Turbo normalise queries and keys (RMSNorm); Medium also has dual-attention
+# layers (a second, image-only attention in its first blocks).
+SD35_LARGE = {"qk_norm": "rms_norm"}
+SD35_MEDIUM = {"qk_norm": "rms_norm", "dual_attention_layers": (0,)}
+
+
+def save_tiny_sd3(folder: Path, **transformer) -> Path:
+    """SD-3-shaped: an MMDiT transformer, two CLIP encoders and a T5, flow matching; 64x64 native size. transformer:
+    SD 3.5's options (SD35_LARGE, SD35_MEDIUM)."""
     torch.manual_seed(0)
     pipe = StableDiffusion3Pipeline(
-        transformer=SD3Transformer2DModel(**SD3_TRANSFORMER), vae=tiny_flow_vae(),
+        transformer=SD3Transformer2DModel(**SD3_TRANSFORMER, **transformer), vae=tiny_flow_vae(),
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
         text_encoder=CLIPTextModelWithProjection(text_encoder_config(32, 2, 4, 32, 1000)),
         tokenizer=byte_level_tokenizer(),

@@ -35,6 +35,7 @@ class Mutant:
 
 
 MODES, PROMPTS, FAMILIES = "tests/test_modes.py", "tests/test_prompts.py", "tests/test_families.py"
+COMPILED = "tests/test_compiled.py"
 MUTANTS = (
     Mutant("control image ignored", "serverless_sd/pipelines.py",
            'control = inputs.control_image.convert("RGB").resize((width, height), Image.LANCZOS)',
@@ -84,6 +85,18 @@ MUTANTS = (
            "(layer, layer.scale))", ("tests/test_loras.py::test_a_lora_changes_the_image_and_leaves_nothing_behind",)),
     Mutant("seeds past 2^32 folded", "serverless_sd/seeds.py", "    if seed < 2**32:\n", "    if True:\n",
            ("tests/test_seeds.py::test_seeds_that_differ_above_bit_32_give_different_noise",)),
+    # The GPU paths' defects, each as it was before its fix (issue 27).
+    Mutant("SD 3's QKV fused", "serverless_sd/families.py", ', fuse_qkv=False),', "),",
+           (f"{COMPILED}::test_sd35_compiles_to_the_images_it_makes_without",)),
+    Mutant("unfused projections kept", "serverless_sd/compiled.py",
+           "setattr(linear, name, torch.nn.Parameter(one, requires_grad=False))", "pass",
+           (f"{COMPILED}::test_fused_projections_leave_no_unfused_copy_behind",)),
+    Mutant("recompile limit left at 8", "serverless_sd/pipelines.py", "allow_variants(len(model.warm_ups))", "pass",
+           (f"{COMPILED}::test_more_variants_than_torchs_recompile_limit_compile_at_the_warm_up",)),
+    Mutant("COMPILE=1 converts the weights to channels_last", "serverless_sd/pipelines.py",
+           "        vae = self.pipe.vae\n",
+           "        self.to(self.pipe.dtype, torch.channels_last)\n        vae = self.pipe.vae\n",
+           (f"{COMPILED}::test_compile_leaves_the_weights_as_they_load_for_the_paths_that_run_eager",)),
 )
 
 
@@ -100,13 +113,18 @@ def copy_of_the_tree(into: Path) -> Path:
 
 
 def outcome(tree: Path, tests: tuple[str, ...], dtype: str) -> tuple[bool, float, str]:
-    """Whether the tests pass in that tree, in that dtype; the seconds; the last line pytest printed."""
+    """Whether the tests pass in that tree, in that dtype; the seconds; what pytest said: the failing test and its
+    error (an assertion of the test's, not a crash of the broken code, is what catching a mutant means), or its
+    summary line."""
     started = time.monotonic()
     env = {**os.environ, "DTYPE": dtype, "PYTHONDONTWRITEBYTECODE": "1"}
-    result = run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests], timeout=1800,
-                 cwd=tree, env=env)
+    result = run([sys.executable, "-m", "pytest", "-q", "-x", "--tb=line", "-p", "no:cacheprovider", *tests],
+                 timeout=1800, cwd=tree, env=env)
     lines = (result.stdout + result.stderr).strip().splitlines()
-    return result.returncode == 0, round(time.monotonic() - started, 1), lines[-1] if lines else ""
+    # --tb=line: "<file>:<line>: <error>" where it failed; a test file's line and an AssertionError is a catch.
+    said = next((line.replace(str(tree) + "/", "") for line in lines if ".py:" in line and ": " in line
+                 and line.startswith(str(tree))), lines[-1] if lines else "")
+    return result.returncode == 0, round(time.monotonic() - started, 1), said[:300]
 
 
 def main() -> None:
