@@ -10,6 +10,11 @@ the largest needs plus their outputs, not the sum of their working memories (abo
 1024x1024, 8 images), and a released graph's memory goes to the next capture. An integer timestep (DDIM's, PNDM's)
 is given to the graph as float32, as the UNet's time embedding reads it anyway, so that one graph serves every
 scheduler family at a size.
+
+A capture that runs out of memory evicts nothing good for nothing: graphs are released only once a new one exists,
+or to make room for a capture that ran out (then tried once more); a shape that still does not fit runs eager, and
+its capture is tried again after RETRY_AFTER more calls (about a request's steps), when memory may have come back.
+A capture that fails otherwise (a model that syncs with the CPU mid-step) runs eager for good.
 """
 
 import weakref
@@ -21,6 +26,7 @@ import torch
 from . import logs
 
 _INSTANCES: "weakref.WeakSet[CudaGraphed]" = weakref.WeakSet()
+RETRY_AFTER = 64
 _POOL: list = []  # the one memory pool of every capture, made at the first
 
 
@@ -42,32 +48,62 @@ class CudaGraphed:
         self.seen: set[tuple] = set()
         # Most recently used last.
         self.graphs: OrderedDict[tuple, tuple[torch.cuda.CUDAGraph, list[torch.Tensor], Any]] = OrderedDict()
-        self.eager: set[tuple] = set()  # shapes whose capture failed
+        self.eager: set[tuple] = set()  # shapes whose capture failed for good
+        self.no_room: dict[tuple, int] = {}  # shapes out of memory at their capture: calls until the next try
         _INSTANCES.add(self)
 
     def __call__(self, *args, **kwargs):
         leaves, rebuild, key = inputs_of(args, kwargs)
         if key in self.graphs:
             self.graphs.move_to_end(key)
-        else:
-            if key not in self.seen or key in self.eager:
-                self.seen.add(key)
-                return self.forward(*args, **kwargs)
-            if len(self.graphs) >= self.max_graphs:
-                evicted, (graph, _, _) = self.graphs.popitem(last=False)
-                graph.reset()
-                logs.event("cuda_graph_evicted", sample=str(evicted[2])[:200], held=len(self.graphs))
-            try:
-                self.graphs[key] = self._capture(leaves, rebuild)
-            except RuntimeError as error:  # a model that syncs with the CPU mid-step cannot be captured
-                logs.event("cuda_graph_skipped", error=str(error)[:300])
-                self.eager.add(key)
-                return self.forward(*args, **kwargs)
+        elif not self._to_capture(key) or not self._captured(key, leaves, rebuild):
+            return self.forward(*args, **kwargs)
         graph, static_inputs, static_output = self.graphs[key]
         for static, value in zip(static_inputs, (t for t in leaves if isinstance(t, torch.Tensor)), strict=True):
             static.copy_(value)
         graph.replay()
         return copied(static_output)
+
+    def _to_capture(self, key: tuple) -> bool:
+        """Whether to capture key's graph now: seen before (its first call, eager, lets cuDNN and cuBLAS choose their
+        kernels), not failed for good, not out of memory in its last RETRY_AFTER calls."""
+        if key not in self.seen:
+            self.seen.add(key)
+            return False
+        if key in self.no_room:
+            self.no_room[key] -= 1
+            if self.no_room[key] > 0:
+                return False
+            del self.no_room[key]
+        return key not in self.eager
+
+    def _captured(self, key: tuple, leaves: list, rebuild: Callable) -> bool:
+        """Capture key's graph, then release the least recently used past max_graphs. False: it runs eager now."""
+        for attempt in (1, 2):
+            try:
+                self.graphs[key] = self._capture(leaves, rebuild)
+                break
+            except torch.OutOfMemoryError:
+                logs.event("cuda_graph_out_of_memory", sample=str(key[2])[:200], held=len(self.graphs),
+                           retry=attempt == 1)
+                if attempt == 2:
+                    self.no_room[key] = RETRY_AFTER
+                    return False
+                if self.graphs:  # the least recently used graph's memory goes back to the pool the capture draws on
+                    self._evict()
+                torch.cuda.empty_cache()
+            except RuntimeError as error:  # a model that syncs with the CPU mid-step cannot be captured
+                logs.event("cuda_graph_skipped", error=str(error)[:300])
+                self.eager.add(key)
+                return False
+        while len(self.graphs) > self.max_graphs:
+            self._evict()
+        return True
+
+    def _evict(self) -> None:
+        evicted, (graph, _, _) = self.graphs.popitem(last=False)
+        graph.reset()
+        logs.event("cuda_graph_evicted", sample=str(evicted[2])[:200], held=len(self.graphs))
 
     def _capture(self, leaves: list, rebuild: Callable):
         # A graph reads its inputs from fixed GPU buffers: copies of the first inputs, refilled before each replay.

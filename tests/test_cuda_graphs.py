@@ -99,3 +99,54 @@ def test_a_failed_capture_runs_eagerly_from_then_on(log):
     sample, t = torch.ones(1, 4, 8, 8), torch.tensor(3)
     assert all(torch.equal(graphed(sample, t), unet(sample, t)) for _ in range(3))
     assert not graphed.graphs and '"event": "cuda_graph_skipped"' in log.getvalue()
+
+
+class OutOfMemory(CpuGraphed):
+    """Its next `fails` captures run out of GPU memory."""
+
+    fails = 0
+
+    def _capture(self, leaves, rebuild):
+        if self.fails:
+            self.fails -= 1
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return super()._capture(leaves, rebuild)
+
+
+def sizes(graphed: CudaGraphed) -> list[int]:
+    return [key[2][0][-1] for key in graphed.graphs]
+
+
+def test_at_the_limit_a_graph_is_released_only_once_the_new_one_is_captured(log):
+    graphed = OutOfMemory(unet, max_graphs=2)
+    t, shapes = torch.tensor(1.0), {side: torch.ones(1, 4, side, side) for side in (8, 16, 24)}
+    for side in (8, 8, 16, 16):
+        graphed(shapes[side], t)
+    graphed.fails = 1  # 24's capture runs out once: 8's graph (the least recently used) is released, then it fits
+    for _ in range(2):
+        assert torch.equal(graphed(shapes[24], t), unet(shapes[24], t))
+    assert sizes(graphed) == [16, 24] and not graphed.eager and not graphed.no_room
+    assert '"retry": true' in log.getvalue() and log.getvalue().count('"cuda_graph_evicted"') == 1
+
+
+def test_a_shape_that_does_not_fit_runs_eager_and_is_tried_again_later(log):
+    graphed = OutOfMemory(unet, max_graphs=4)
+    t, small, large = torch.tensor(1.0), torch.ones(1, 4, 8, 8), torch.ones(1, 4, 64, 64)
+    graphed(small, t), graphed(small, t)
+    graphed.fails = 2
+    for _ in range(1 + cuda_graphs.RETRY_AFTER):  # out of memory twice at its first capture, then left alone
+        assert torch.equal(graphed(large, t), unet(large, t))
+    assert graphed.fails == 0 and sizes(graphed) == [] and not graphed.eager
+    graphed(large, t)  # the next try, memory back: captured
+    assert sizes(graphed) == [64] and not graphed.no_room
+    assert '"retry": false' in log.getvalue()
+
+
+def test_a_capture_at_the_limit_that_does_not_fit_keeps_the_graphs_past_the_one_released_for_it(log):
+    graphed = OutOfMemory(unet, max_graphs=2)
+    t, shapes = torch.tensor(1.0), {side: torch.ones(1, 4, side, side) for side in (8, 16, 24)}
+    for side in (8, 8, 16, 16):
+        graphed(shapes[side], t)
+    graphed.fails = 2
+    graphed(shapes[24], t), graphed(shapes[24], t)
+    assert sizes(graphed) == [16] and graphed.no_room  # 8's went to make room; 16's stays; 24 runs eager for now
