@@ -110,3 +110,44 @@ def test_a_decoder_not_baked_is_named_at_start(start_app, models, tmp_path):
     app = start_app({"MODEL_ID": str(models["sd"]), "PREVIEW_EVERY": "2", "MODELS_DIR": str(tmp_path)}, wait=False)
     assert app.proc.wait(120) != 0
     assert "PREVIEW_DECODER 'madebyollin/taesd' is not in" in app.logs() and "download.py" in app.logs()
+
+
+class LaggingGpu:
+    """Stands in for a GPU that runs behind the CPU queuing its work: a step's work is done only once an event after
+    it has been waited on (CUDA's event.synchronize)."""
+
+    def __init__(self):
+        self.queued = self.done = 0
+
+    def event(self, latents):
+        self.queued += 1
+        gpu, upto = self, self.queued
+
+        class Event:
+            def synchronize(self):
+                gpu.done = max(gpu.done, upto)
+
+        return Event()
+
+
+def test_on_a_gpu_the_steps_told_are_those_it_has_run():
+    """The callback comes as the CPU queues a step; CUDA graphs and schedulers that never wait on the GPU let the
+    CPU queue every step ahead: told from the callback alone, progress reached N/N, ETA 0, with the GPU mid-way."""
+    gpu, tracker = LaggingGpu(), Tracker()
+    tracker._event_after = gpu.event
+    tracker.begin("on-gpu", (64, 64))
+    pipe = type("Pipe", (), {"num_timesteps": 5})()
+    told = []
+    for step in range(5):
+        tracker.step(pipe, step, None, {"latents": None})
+        told.append(tracker.snapshot()["step"])
+        assert told[-1] <= gpu.done < gpu.queued  # never more than the GPU has run; one step stays queued
+    assert told == [0, 1, 2, 3, 4] and tracker.snapshot()["eta_s"] is not None
+
+
+def test_on_the_cpu_a_step_is_told_as_soon_as_it_ends():
+    tracker = Tracker()
+    tracker.begin("on-cpu", (64, 64))
+    pipe = type("Pipe", (), {"num_timesteps": 3})()
+    told = [(tracker.step(pipe, step, None, {"latents": None}), tracker.snapshot()["step"])[1] for step in range(3)]
+    assert told == [1, 2, 3] and tracker.snapshot()["eta_s"] == 0
