@@ -31,6 +31,9 @@ class Family:
     # does. Not SD 3: its FusedJointAttnProcessor2_0 skips the QK RMSNorms of SD 3.5 Large and Medium (other images)
     # and fails on SD 3.5 Medium's dual-attention layers (no encoder_hidden_states there).
     fuse_qkv: bool = True
+    # SDXL's VAE overflows in float16: its pipelines cast it to float32 and back around every decode and encode, where
+    # its config says force_upcast (pipelines.vae_in_bf16 serves it in bf16 instead).
+    vae_upcast: bool = False
 
     def denoiser_of(self, pipe):
         return getattr(pipe, self.denoiser)
@@ -42,7 +45,7 @@ FAMILIES = (
            "unet", False, True, 25, 7.0, "ControlNetModel", False, True, "madebyollin/taesd"),
     Family("sdxl", "SDXL", ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline",
                             "StableDiffusionXLInpaintPipeline"),
-           "unet", False, True, 25, 7.0, "ControlNetModel", False, True, "madebyollin/taesdxl"),
+           "unet", False, True, 25, 7.0, "ControlNetModel", False, True, "madebyollin/taesdxl", vae_upcast=True),
     Family("sd3", "SD 3", ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline",
                            "StableDiffusion3InpaintPipeline"),
            "transformer", True, True, 28, 7.0, "SD3ControlNetModel", True, False, "madebyollin/taesd3", fuse_qkv=False),

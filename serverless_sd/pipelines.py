@@ -173,6 +173,8 @@ class StableDiffusion:
                 controlnet_folder, dtype=stored(controlnet_folder).get("", dtype),
                 variant=weights.local_variant(controlnet_folder), local_files_only=True, use_safetensors=True,
                 device_map=placement)
+        if dtype == torch.float16 and family.vae_upcast and pipe.vae.config.force_upcast:
+            vae_in_bf16(pipe.vae)
         previewer = Previewer.load(settings, family, pipe.vae.config.latent_channels, device, dtype)
         model = cls(pipe, settings, family, controlnet, previewer)
         if nhwc:
@@ -306,6 +308,22 @@ class StableDiffusion:
         nsfw = [bool(flag) for flag in (getattr(result, "nsfw_content_detected", None) or [False] * len(image_seeds))]
         return Generation(inputs, self.family.name, result.images, image_seeds, nsfw,
                           (time.perf_counter() - started) * 1000)
+
+
+def vae_in_bf16(vae: torch.nn.Module) -> None:
+    """SDXL's VAE overflows in float16, so its pipelines cast it to float32 and back around every decode and encode
+    (about 335 MB of weights reallocated each time, twice the decode's memory; under COMPILE=1, new addresses
+    re-record the decoder's graph). bfloat16 has float32's range: the VAE is served in it, cast once, and what reaches
+    it (float16 latents, images) is cast on its way in."""
+    vae.to(torch.bfloat16)
+    vae.register_to_config(force_upcast=False)
+
+    def to_bf16(module, args):
+        return tuple(a.to(torch.bfloat16) if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+
+    for entry in (vae.encoder, vae.post_quant_conv, vae.decoder):
+        if entry is not None:
+            entry.register_forward_pre_hook(to_bf16)
 
 
 def size_multiple(family: Family, pipe: DiffusionPipeline) -> int:

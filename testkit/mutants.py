@@ -97,6 +97,9 @@ MUTANTS = (
            "        vae = self.pipe.vae\n",
            "        self.to(self.pipe.dtype, torch.channels_last)\n        vae = self.pipe.vae\n",
            (f"{COMPILED}::test_compile_leaves_the_weights_as_they_load_for_the_paths_that_run_eager",)),
+    Mutant("SDXL's VAE cast to float32 and back per request", "serverless_sd/pipelines.py",
+           "if dtype == torch.float16 and family.vae_upcast and pipe.vae.config.force_upcast:", "if False:",
+           ("tests/test_pipelines.py::test_sdxl_in_float16_serves_its_vae_in_bf16_and_casts_nothing_per_request",)),
 )
 
 
