@@ -49,7 +49,7 @@ class Layer:
 
     def delta(self, device: torch.device) -> torch.Tensor:
         """B @ A in float32: the change of the weight at scale 1 (PEFT's get_delta_weight, for linear and conv)."""
-        down, up = self.down.to(device, torch.float32), self.up.to(device, torch.float32)
+        down, up = (t.to(device, torch.float32, non_blocking=True) for t in (self.down, self.up))
         if down.ndim == 2:
             return up @ down
         if up.shape[2:] == (1, 1):  # kohya's and PEFT's LoCon: a k x k down, a 1 x 1 up: a matrix product
@@ -96,8 +96,9 @@ class Reader:
                     if module.use_dora.get(adapter) or module.lora_bias.get(adapter):
                         self._clear(hollow)
                         raise LoraError("DoRA and LoRA biases are not supported: only plain LoRA layers fuse")
-                    layers.append(Layer(component, path_in, module.lora_A[adapter].weight.detach(),
-                                        module.lora_B[adapter].weight.detach(), float(module.scaling[adapter])))
+                    layers.append(Layer(component, path_in, host_copy(module.lora_A[adapter].weight.detach()),
+                                        host_copy(module.lora_B[adapter].weight.detach()),
+                                        float(module.scaling[adapter])))
         self._clear(hollow)
         if not layers:
             raise LoraError(f"holds no LoRA layer of this model ({type(self.pipe).__name__}): a LoRA for another "
@@ -141,7 +142,7 @@ class Fuser:
             if weight.dim() == 4 and weight.is_contiguous(memory_format=torch.channels_last):
                 change = change.contiguous(memory_format=torch.channels_last)  # the sum below runs 3x faster
             if target not in self.saved:
-                self.saved[target] = weight.to("cpu", copy=True)
+                self.saved[target] = host_copy(weight)
             weight.copy_(change.add_(weight))
             self.touched.add(target)
         self.fused = wanted
@@ -150,7 +151,7 @@ class Fuser:
     @torch.no_grad()
     def restore(self) -> None:
         for target in self.touched:
-            self.weight(*target).copy_(self.saved[target])
+            self.weight(*target).copy_(self.saved[target], non_blocking=True)
         self.touched.clear()
         self.fused = ()
 
@@ -261,6 +262,14 @@ def _evict(folder: Path, max_bytes: int, keep: Path) -> None:
 
 def _loadable(pipe) -> list[str]:
     return [name for name in type(pipe)._lora_loadable_modules if getattr(pipe, name, None) is not None]
+
+
+def host_copy(tensor: torch.Tensor) -> torch.Tensor:
+    """A copy in host memory; page-locked where there is a GPU, so that copying it to the GPU neither waits for the
+    work queued there (a copy from pageable memory synchronises the stream first) nor stages it twice."""
+    if not torch.cuda.is_available():
+        return tensor.to("cpu", copy=True)
+    return torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True).copy_(tensor)
 
 
 def _hollow_pipeline(pipe):

@@ -243,4 +243,4 @@ def test_compile_leaves_the_weights_as_they_load_for_the_paths_that_run_eager(mo
     convolutions = [m.weight for part in (model.pipe.unet, model.pipe.vae, model.controlnet) for m in part.modules()
                     if isinstance(m, torch.nn.Conv2d)]
     assert convolutions and all(w.is_contiguous() for w in convolutions)
-    assert all(p.is_contiguous() for p in model.pipe.safety_checker.parameters())
+    assert all(p.is_contiguous() for p in model.safety[0].parameters())

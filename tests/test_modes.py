@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from diffusers.image_processor import VaeImageProcessor
 from PIL import Image
 
 from serverless_sd.pipelines import StableDiffusion
@@ -169,6 +170,18 @@ def test_the_safety_checker_runs_by_default_and_blanks_each_flagged_image(start_
     answer = generate(checked, **FAST, num_images=2)
     assert answer["nsfw"] == [True, True] and len(answer["images"]) == 2
     assert all(pixels(image).max() == 0 for image in answer["images"])
+
+
+def test_the_safety_checker_reads_the_images_the_answer_holds_converted_once(models, monkeypatch):
+    """diffusers' pipelines turn their images into PIL images for their checker, then again for their answer."""
+    checked = StableDiffusion.load(precision.settings(model_id=str(models["sd_checked"])))
+    conversions, convert = [], VaeImageProcessor.postprocess
+    monkeypatch.setattr(VaeImageProcessor, "postprocess",
+                        lambda self, *args, **kwargs: conversions.append(kwargs["output_type"]) or convert(
+                            self, *args, **kwargs))
+    generated = checked.generate(parse({**FAST, "num_images": 2}, checked.limits))
+    assert conversions == ["pil"] and generated.nsfw == [True, True]
+    assert all(np.asarray(image).max() == 0 for image in generated.images)
 
 
 def test_safety_checker_off(start_app, models):
