@@ -3,16 +3,27 @@
 #   docker build --build-arg MODEL_ID=stabilityai/stable-diffusion-xl-base-1.0 -t sd-app .
 #   (optional: --build-arg CONTROLNET_ID=lllyasviel/sd-controlnet-canny, --build-arg SAFETY_CHECKER=off)
 #   docker run --gpus all -p 8000:8000 sd-app
-FROM pytorch/pytorch:2.9.1-cuda12.8-cudnn9-runtime
+# CUDA 12.8 (PyTorch's cu128 build): NVIDIA GPUs of compute capability 7.5 to 12.0, Turing (T4, RTX 20xx) to Blackwell
+# (B200, RTX 50xx), A100, L4, L40S, H100 and H200 between; a host driver of 570 or newer.
+FROM nvidia/cuda:12.8.1-base-ubuntu24.04
 
+# hadolint ignore=DL3008
+RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv \
+    && rm -rf /var/lib/apt/lists/*
+ENV VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH
+RUN python3 -m venv /opt/venv
 WORKDIR /app
 # The server runs as this unprivileged user; the weights and code stay root's, read-only to it.
 RUN useradd --create-home --uid 10001 app
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     MODELS_DIR=/models HF_HUB_DISABLE_TELEMETRY=1
 
-# Dependencies first: they change least often.
+# Dependencies first: they change least often. PyTorch first, requirements.txt's version in its CUDA 12.8 build (a
+# grep that finds no pin fails the build: pipefail).
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 COPY requirements.txt ./
+# hadolint ignore=DL3013
+RUN pip install "$(grep -E '^torch==' requirements.txt | cut -d' ' -f1)" --index-url https://download.pytorch.org/whl/cu128
 RUN pip install -r requirements.txt
 
 # Weights next, so that a change to the app's code does not download them again.

@@ -4,8 +4,9 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# PyTorch's CPU build for this machine; on a CUDA machine install the CUDA build into .venv first, and it is kept.
-TORCH := torch==2.13.0
+# requirements.txt's torch, its CPU build for this machine; on a CUDA machine install the CUDA build into .venv first,
+# and it is kept.
+TORCH := $(shell grep -E '^torch==' requirements.txt | cut -d' ' -f1)
 # Banana's own SDKs, each in a folder of its own (both are the package banana_dev), for the client tests.
 SDKS := 4.0.0 6.3.0
 APP_PORT ?= 8000
@@ -84,12 +85,10 @@ bench-families: setup
 bench-few-step: setup
 	$(PY) -m bench.few_step
 
-# The wheels bench/gpu.sh carries to a lent GPU machine (Python 3.12, no network): requirements.txt's packages that a
-# PyTorch CUDA image lacks, without their own dependencies.
-GPU_WHEELS := $(shell grep -E '^(diffusers|transformers|accelerate|safetensors|huggingface-hub|tokenizers|potassium|flask|werkzeug|compel|pyparsing|peft|httpx|runpod)==' requirements.txt)
+# The wheels bench/gpu.sh carries to a lent GPU machine (Python 3.12, no network): what app.py and bench/gpu.py need
+# beyond the machine's image (bench/gpu_image.txt), dependencies included (bench/wheels.py).
 bench-wheels: setup
-	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-		--platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform any -d bench/wheels $(GPU_WHEELS)
+	$(PY) -m bench.wheels
 
 # What a LoRA switch and a fused LoRA cost on this CPU, against plain diffusers' adapters (bench/results/loras.json).
 bench-loras: setup

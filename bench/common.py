@@ -109,13 +109,21 @@ class Plain:
         args = [sys.executable, str(ROOT / "bench" / "plain_diffusers.py"), "--model", str(model), "--serve"]
         for key, value in options.items():
             args += [f"--{key.replace('_', '-')}", str(value)]
-        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self._read()  # loaded and warmed up
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                                     env={**os.environ, "PYTHONPATH": str(ROOT)})
+        self.cold_s = self._read()["cold_s"]  # loaded and warmed up
 
     def run(self) -> float:
         self.proc.stdin.write("run\n")
         self.proc.stdin.flush()
         return self._read()["s"]
+
+    def generate(self, **inputs) -> tuple[float, dict]:
+        """One generation with these inputs: its seconds, and {"images": [the first as a data URI]}."""
+        self.proc.stdin.write(json.dumps(inputs) + "\n")
+        self.proc.stdin.flush()
+        answer = self._read()
+        return answer["s"], answer
 
     def stop(self) -> float:
         """Peak RSS in MiB."""

@@ -1,7 +1,10 @@
 """Plain diffusers, as its documentation shows it: from_pretrained, then call. Prints one JSON line of timings.
 
 --load-only measures a bare cold start: from the interpreter's start to the pipeline loaded.
---serve runs one image per line read on stdin, printing its time, so that a benchmark can interleave it with others.
+--serve runs one generation per line read on stdin, printing its time, so that a benchmark can interleave it with
+others; a line holding a JSON object sets that generation's inputs (prompt, width, height, num_inference_steps,
+guidance_scale, seed, num_images, scheduler: the app's names, mapped to diffusers' classes as the app maps them),
+and the answer then carries the first image as a PNG data URI, to compare with the app's.
 """
 
 import time
@@ -45,24 +48,50 @@ if args.channels_last:
     pipe.vae.to(memory_format=torch.channels_last)
 
 
-def run(steps: int) -> float:
-    generator = torch.Generator("cpu").manual_seed(0)
+MODEL_SCHEDULER = pipe.scheduler
+
+
+def run(steps: int, **inputs) -> tuple[float, list]:
+    """One generation: its seconds and its images. Each image from its own generator, seeded seed + i (the app's)."""
+    seed, count = inputs.get("seed", 0), inputs.get("num_images", 1)
+    options = {"guidance_scale": inputs["guidance_scale"]} if "guidance_scale" in inputs else {}
+    if inputs.get("scheduler"):
+        from serverless_sd import schedulers
+
+        pipe.scheduler = schedulers.build(inputs["scheduler"], MODEL_SCHEDULER, "Flux" in type(pipe).__name__ or
+                                          "StableDiffusion3" in type(pipe).__name__)
+    else:
+        pipe.scheduler = MODEL_SCHEDULER
     started = time.perf_counter()
-    pipe("a lighthouse at dusk", width=args.size, height=args.size, num_inference_steps=steps, generator=generator)
+    images = pipe(inputs.get("prompt", "a lighthouse at dusk"), width=inputs.get("width", args.size),
+                  height=inputs.get("height", args.size), num_inference_steps=inputs.get("num_inference_steps", steps),
+                  num_images_per_prompt=count, generator=[torch.Generator("cpu").manual_seed(seed + i)
+                                                          for i in range(count)], **options).images
     if args.device == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - started
+    return time.perf_counter() - started, images
 
 
-warm_s = run(min(args.steps, 3))
+def data_uri(image) -> str:
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+warm_s = run(min(args.steps, 3))[0]
 if args.serve:
-    print(json.dumps({"ready": True}), flush=True)
+    print(json.dumps({"ready": True, "cold_s": loaded_s}), flush=True)
     times = []
-    for _ in sys.stdin:
-        times.append(run(args.steps))
-        print(json.dumps({"s": times[-1]}), flush=True)
+    for line in sys.stdin:
+        inputs = json.loads(line) if line.strip().startswith("{") else {}
+        seconds, images = run(args.steps, **inputs)
+        times.append(seconds)
+        print(json.dumps({"s": seconds, **({"images": [data_uri(images[0])]} if inputs else {})}), flush=True)
 else:
-    times = [run(args.steps) for _ in range(args.runs)]
+    times = [run(args.steps)[0] for _ in range(args.runs)]
 rss = next(int(line.split()[1]) / 1024 for line in Path("/proc/self/status").read_text().splitlines()
            if line.startswith("VmHWM:"))
 gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else None

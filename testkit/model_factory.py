@@ -169,6 +169,86 @@ def save_sd15_sized(folder: Path, dtype: torch.dtype = torch.float16) -> Path:
     return folder
 
 
+CLIP_G = (1280, 32, 20, 1280, 49408)  # OpenCLIP ViT-bigG/14's text encoder (SDXL's and SD 3's second)
+
+
+def sdxl_sized(device: str = "cpu") -> StableDiffusionXLPipeline:
+    """SDXL base's real architecture (about 3.5 B parameters) with random weights, its models made on `device`; its
+    VAE asks for float32 decodes (force_upcast), as SDXL's does."""
+    with torch.device(device):
+        unet = UNet2DConditionModel(
+            sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(5, 10, 20),
+            transformer_layers_per_block=(1, 2, 10), cross_attention_dim=2048, use_linear_projection=True,
+            addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816)
+        models = {"unet": unet, "vae": sd_vae(sample_size=1024, scaling_factor=0.13025, force_upcast=True),
+                  "text_encoder": CLIPTextModel(text_encoder_config(*CLIP_L)),
+                  "text_encoder_2": CLIPTextModelWithProjection(text_encoder_config(*CLIP_G, hidden_act="gelu"))}
+    return StableDiffusionXLPipeline(
+        **models, tokenizer=byte_level_tokenizer(49408), tokenizer_2=byte_level_tokenizer(49408),
+        scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                         steps_offset=1, timestep_spacing="leading"))
+
+
+def sd35_shaped(device: str = "cpu", layers: int = 6) -> StableDiffusion3Pipeline:
+    """SD 3.5 Medium's widths (a 1536-wide MMDiT, QK norms, dual attention in its first blocks, CLIP-L and G, its
+    16-channel VAE) with `layers` of its 24 blocks and without T5 (SD 3's DROP_T5 path): the per-block cost at 1024."""
+    with torch.device(device):
+        models = {
+            "transformer": SD3Transformer2DModel(
+                sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=layers,
+                attention_head_dim=64, num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536,
+                pooled_projection_dim=2048, pos_embed_max_size=384, qk_norm="rms_norm",
+                dual_attention_layers=tuple(range(layers // 2))),
+            "vae": sd_vae(16, sample_size=1024, **FLOW_LATENTS, use_quant_conv=False, use_post_quant_conv=False),
+            "text_encoder": CLIPTextModelWithProjection(text_encoder_config(*CLIP_L)),
+            "text_encoder_2": CLIPTextModelWithProjection(text_encoder_config(*CLIP_G, hidden_act="gelu"))}
+    return StableDiffusion3Pipeline(**models, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+                                    tokenizer=byte_level_tokenizer(49408), tokenizer_2=byte_level_tokenizer(49408),
+                                    text_encoder_3=None, tokenizer_3=None)
+
+
+def flux_shaped(device: str = "cpu", double: int = 2, single: int = 4) -> FluxPipeline:
+    """FLUX.1-schnell's widths (a 3072-wide transformer, CLIP-L, a 4096-wide T5 of 2 layers, its VAE) with `double`
+    of its 19 dual-stream blocks and `single` of its 38 single-stream ones: the per-block cost at 1024."""
+    with torch.device(device):
+        models = {
+            "transformer": FluxTransformer2DModel(
+                patch_size=1, in_channels=64, num_layers=double, num_single_layers=single, attention_head_dim=128,
+                num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=False,
+                axes_dims_rope=(16, 56, 56)),
+            "vae": sd_vae(16, sample_size=1024, **FLOW_LATENTS, use_quant_conv=False, use_post_quant_conv=False),
+            "text_encoder": CLIPTextModel(text_encoder_config(*CLIP_L)),
+            "text_encoder_2": T5EncoderModel(T5Config(
+                vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=2, num_heads=64,
+                feed_forward_proj="gated-gelu", is_gated_act=True))}
+    return FluxPipeline(
+        **models, tokenizer=byte_level_tokenizer(49408), tokenizer_2=t5_tokenizer(),
+        scheduler=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                  base_image_seq_len=256, max_image_seq_len=4096))
+
+
+def save_sized(build, folder: Path, dtype: torch.dtype, device: str = "cpu") -> Path:
+    """One of the real-width pipelines above (bench/gpu.py), random weights seeded, made on device, saved in dtype."""
+    torch.manual_seed(0)
+    build(device).to(dtype).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def save_controlnet_of(model_folder: Path, folder: Path) -> Path:
+    """A ControlNet of the UNet in model_folder, at its size, its zero convolutions made random (a trained one's
+    residuals are not zero)."""
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel.from_pretrained(model_folder / "unet")
+    controlnet = ControlNetModel.from_unet(unet)
+    for block in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
+                  controlnet.controlnet_cond_embedding.conv_out]:
+        torch.nn.init.normal_(block.weight, std=0.02)
+    controlnet.to(unet.dtype).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
 def save_tiny_controlnet(folder: Path) -> Path:
     """A ControlNet for the tiny SD. Its zero convolutions (a real ControlNet's start) get random weights, so that
     the control image changes the output, as a trained one does; the control image's embedding a large one, so that

@@ -23,9 +23,17 @@ def index(keyword: str, pattern: str) -> int:
     raise AssertionError(f"no {keyword} matching {pattern!r} in the Dockerfile")
 
 
-def test_base_image_is_a_cuda_pytorch_image():
+def test_the_image_runs_the_pytorch_the_tests_run_in_its_cuda_build():
+    """requirements.txt names torch once: make setup installs its CPU build, the image its CUDA build, before the
+    rest of requirements.txt (which then finds it installed)."""
     kw, image = instructions()[0]
-    assert kw == "FROM" and re.fullmatch(r"pytorch/pytorch:2\.\d+\.\d+-cuda12\.\d+-cudnn9-runtime", image)
+    cuda = re.fullmatch(r"nvidia/cuda:12\.(\d+)\.\d+-base-ubuntu24\.04", image)
+    assert kw == "FROM" and cuda
+    torch_from_its_index = index("RUN", rf"grep -E '\^torch==' requirements\.txt .*download\.pytorch\.org/whl/"
+                                        rf"cu12{cuda.group(1)}$")
+    assert index("COPY", r"^requirements\.txt") < torch_from_its_index < index("RUN", r"^pip install -r requirements")
+    assert re.search(r"^torch==2\.\d+\.\d+ *$", (ROOT / "requirements.txt").read_text(), re.M)
+    assert "TORCH := $(shell grep -E '^torch==' requirements.txt" in (ROOT / "Makefile").read_text()
 
 
 @pytest.mark.parametrize("name, default", [
@@ -48,14 +56,14 @@ def test_layers_are_ordered_so_a_code_change_does_not_download_again():
 
 
 def test_download_py_has_every_module_it_imports_copied_before_it_runs():
-    copied = " ".join(args for kw, args in instructions()[: index("RUN", r"download\.py")] if kw == "COPY")
+    copied = " ".join(args for kw, args in instructions()[: index("RUN", r"python3 download\.py$")] if kw == "COPY")
     for module in local_imports(ROOT / "download.py"):
         assert str(module.relative_to(ROOT)) in copied, module
 
 
 def test_token_is_a_build_secret_not_an_argument():
     assert not any(kw == "ARG" and "TOKEN" in args for kw, args in instructions())
-    assert "--mount=type=secret,id=HF_TOKEN,env=HF_TOKEN" in instructions()[index("RUN", r"download\.py")][1]
+    assert "--mount=type=secret,id=HF_TOKEN,env=HF_TOKEN" in instructions()[index("RUN", r"python3 download\.py$")][1]
 
 
 def test_serves_potassium_on_8000_with_a_healthcheck_that_catches_a_stuck_replica():
