@@ -46,9 +46,12 @@ fuzz: setup
 mutants: setup
 	$(PY) -m testkit.mutants
 
-# 200 startOnly jobs, 20 clients, 2 replicas of the tiny model, Redis: every job exactly once (bench/results/).
+# 200 startOnly jobs, 20 clients, 2 replicas of the tiny model, Redis: every job exactly once; then 150 jobs through
+# two gateways while a gateway, a replica and Redis are killed and restarted: each succeeds, none runs twice
+# (bench/results/loadtest.json, chaos.json).
 loadtest: setup
 	$(PY) -m bench.loadtest
+	$(PY) -m bench.chaos
 
 # 2,000 requests to one replica, then 2,000 jobs through the gateway on Redis, all under ulimit -n 256: open files,
 # memory and Redis must stay flat, no job lost or run twice (bench/results/soak.json, BENCHMARKS.md).

@@ -29,6 +29,7 @@ from werkzeug.exceptions import BadRequest, HTTPException
 
 from . import compiled, cuda_graphs, logs, origin, runpod_worker
 from .families import FamilyError
+from .recent import Recent
 from .schema import ErrorBody, FieldError, InputError
 from .settings import Settings, SettingsError
 from .storage import StorageError
@@ -94,6 +95,13 @@ class Health:
 
 
 HEALTH = Health()  # one Potassium app, one handler running at a time, per process
+RECENT = Recent()  # the answers to the requests a gateway sent (GET /answers/<request id>)
+
+
+def sent_request_id(request: Request) -> str | None:
+    """The X-Banana-Request-Id the caller sent, if it sent one, read without Potassium's header reader (which prints
+    every header)."""
+    return request.headers._headers.get("X_BANANA_REQUEST_ID")
 
 
 def endpoint(settings: Settings) -> Callable:
@@ -105,6 +113,9 @@ def endpoint(settings: Settings) -> Callable:
             started = time.perf_counter()
             HEALTH.busy_since = time.monotonic()
             request_id = str(request.id)[:64]  # the caller's X-Banana-Request-Id, when sent
+            sent = bool(sent_request_id(request))
+            if sent:
+                RECENT.begin(request_id)
             fields = {"request_id": request_id, **logs.prompt_fields(request.json, settings.log_prompts)}
             try:
                 answer = handler(context, request)
@@ -134,7 +145,10 @@ def endpoint(settings: Settings) -> Callable:
                 if settings.image_base64 == "plain" and "image_base64" in answer:  # the original's clients decode it
                     answer["image_base64"] = answer["image_base64"].partition(",")[2]
             logs.event("request", status=status, total_ms=total_ms, **fields)
-            return Response(status=status, json=answer)
+            response = Response(status=status, json=answer)
+            if sent:
+                RECENT.keep(request_id, status, response.body)
+            return response
 
         return wrapper
 
@@ -160,7 +174,8 @@ class Potassium(potassium.Potassium):
         self.documents = documents
         self.warm_up = warm_up
         _harden(self._flask_app, settings, handled=lambda path: path in self._endpoints,
-                get_only=lambda path: path in self.documents or path in ("/healthz", "/__status__"))
+                get_only=lambda path: path in self.documents or path in ("/healthz", "/__status__") or
+                path.startswith("/answers/"))
 
     def serve(self) -> None:
         settings = self.settings
@@ -183,6 +198,7 @@ class Potassium(potassium.Potassium):
             self._flask_app.add_url_rule(route, route, lambda build=build: _json_response(200, build(context)),
                                          methods=["GET"])
         self._flask_app.add_url_rule("/healthz", "healthz", lambda: _healthz(settings), methods=["GET"])
+        self._flask_app.add_url_rule("/answers/<request_id>", "answers", _answer, methods=["GET"])
         super().serve(host=settings.host, port=settings.port)
 
     def _init_server(self) -> None:
@@ -197,6 +213,18 @@ class Potassium(potassium.Potassium):
             logs.event("warm_up", ms=round((time.perf_counter() - started) * 1000, 1),
                        thread=threading.current_thread().name)
         return context
+
+
+def _answer(request_id: str) -> FlaskResponse:
+    """GET /answers/<request id>: 200 {"status": the HTTP status it was answered, "answer": its body} while kept; 202
+    {"running": true} while it runs; 404 for a request id this replica does not know (or no longer keeps)."""
+    kept = RECENT.get(request_id)
+    if kept is True:
+        return _json_response(202, {"running": True})
+    if kept is False:
+        return _json_response(404, _error_body(f"no answer kept for request id {request_id[:64]!r}"))
+    status, body = kept
+    return FlaskResponse(b'{"status": %d, "answer": %s}' % (status, body), status=200, mimetype="application/json")
 
 
 def _healthz(settings: Settings) -> FlaskResponse:

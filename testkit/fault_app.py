@@ -1,10 +1,14 @@
 """app.py with faults planted in generation, for the tests of internal failures: `python3 -m testkit.fault_app`.
 
 A prompt starting "fail: oom" raises CUDA's out-of-memory error, "fail: crash" a RuntimeError carrying internals,
-"fail: hang" sleeps 6 s (a replica stuck mid-request, for the health check).
+"fail: hang" sleeps 6 s (a replica stuck mid-request, for the health check), "fail: die" ends the process on the spot,
+as the kernel's out-of-memory killer or a segfault would (a poison job). "wait: PATH ..." waits until the file PATH
+exists (a job that runs until the test lets it end), then generates.
 """
 
+import os
 import time
+from pathlib import Path
 
 import torch
 
@@ -23,6 +27,14 @@ def generate_with_faults(self, inputs, request_id=""):
         raise RuntimeError(f"internal detail at /opt/internal/path.py for {inputs.prompt!r}")
     if inputs.prompt.startswith("fail: hang"):
         time.sleep(6)
+    if inputs.prompt.startswith("fail: die"):
+        os._exit(137)
+    if inputs.prompt.startswith("wait: "):
+        released = Path(inputs.prompt.split()[1])
+        for _ in range(6000):
+            if released.exists():
+                break
+            time.sleep(0.1)
     return real_generate(self, inputs, request_id)
 
 

@@ -104,6 +104,14 @@ def stop_what_the_test_started():
         _TESTS_OWN.pop().stop()
 
 
+@pytest.fixture(autouse=True)
+def compiled_code_stays_with_its_test():
+    """dynamo counts compiled variants per code object (UNet2DConditionModel.forward), whichever model they were
+    compiled for, up to its recompile limit: a replica holds its own model's, a test worker every test's."""
+    yield
+    torch._dynamo.reset()
+
+
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory):
     server = RedisServer(tmp_path_factory.mktemp("redis"))

@@ -214,16 +214,7 @@ def test_fused_projections_leave_no_unfused_copy_behind(models, family):
     assert np.abs(image(ours) - image(unfused)).max() <= 1
 
 
-@pytest.fixture
-def fresh_dynamo():
-    """dynamo counts variants per code object (UNet2DConditionModel.forward), whichever model they were compiled for:
-    in a test process, the other tests' too, where a replica holds only its own plan. Reset before and after."""
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
-
-
-def test_more_variants_than_torchs_recompile_limit_compile_at_the_warm_up(models, fresh_dynamo):
+def test_more_variants_than_torchs_recompile_limit_compile_at_the_warm_up(models):
     """torch.compile stops at 8 variants of a function (FailOnRecompileLimitHit, after minutes of compiling on a
     GPU): the limit is raised to the plan's size."""
     sizes = ",".join(f"{64 + 8 * i}x64" for i in range(9))

@@ -244,3 +244,26 @@ def test_curl_and_same_origin_requests_are_served(sd_app):
     curl_d = {"Content-Type": "application/x-www-form-urlencoded", "User-Agent": "curl/8.14.1"}  # what `curl -d` sends
     answer = httpx.post(sd_app.url, content=json.dumps(GOOD).encode(), headers=curl_d, timeout=60)
     assert answer.json()["image_base64"].startswith("data:image/png;base64,")
+
+
+def test_a_replica_tells_a_gateway_what_became_of_a_request_it_sent(start_app, models, tmp_path):
+    """GET /answers/<X-Banana-Request-Id>: 202 while it runs, then its answer (status and body) while kept; 404 for an
+    id it does not know. What a gateway that lost the answer finishes the job with (gateway/dispatch.py)."""
+    app = start_app({"MODEL_ID": str(models["sd"])}, script="testkit.fault_app")
+    release = tmp_path / "release"
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        running = pool.submit(app.post, {**GOOD, "prompt": f"wait: {release} a", "seed": 6},
+                              headers={"X-Banana-Request-Id": "call_running"})
+        deadline = time.monotonic() + 120
+        while httpx.get(app.url + "/answers/call_running").status_code != 202:
+            assert time.monotonic() < deadline and not running.done()
+            time.sleep(0.05)
+        release.touch()
+        answered = running.result()
+    kept = httpx.get(app.url + "/answers/call_running").json()
+    assert kept["status"] == 200 and kept["answer"] == answered.json()
+    refused = app.post({"prompt": "a", "width": 7}, headers={"X-Banana-Request-Id": "call_refused"})
+    assert httpx.get(app.url + "/answers/call_refused").json() == {"status": 422, "answer": refused.json()}
+    unknown = httpx.get(app.url + "/answers/call_nobody_sent")
+    assert unknown.status_code == 404 and "no answer kept" in unknown.json()["error"]
+    assert httpx.post(app.url + "/answers/call_running").status_code == 405

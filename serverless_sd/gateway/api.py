@@ -91,7 +91,8 @@ def create_app(config: GatewayConfig) -> FastAPI:
     store = open_store(config.store, config.result_ttl, config.max_queued, config.max_queued_bytes)
     webhooks = Webhooks(config.webhook_hosts,
                         config.webhook_secret.get_secret_value() if config.webhook_secret else None)
-    dispatcher = Dispatcher(store, config.backends, config.job_timeout, config.lease, webhooks, config.resolve_every)
+    dispatcher = Dispatcher(store, config.backends, config.job_timeout, config.lease, webhooks, config.resolve_every,
+                            config.max_tries)
     keys = [key.get_secret_value().encode() for key in config.api_keys]
     parsers = asyncio.Semaphore(PARSERS)
     loopback_listener = config.loopback_only()

@@ -38,7 +38,10 @@ class GatewayConfig(BaseModel):
     long_poll: float = Field(50, gt=0, **flag("how long a check with longPoll waits (s)"))
     job_timeout: float = Field(300, gt=0, **flag("a job's time limit on a replica, and in the queue (s)"))
     result_ttl: float = Field(24 * 3600, gt=0, **flag("how long results are kept (s)"))
-    lease: float = Field(15, gt=0, **flag("a running job whose gateway stopped renewing it is run again after (s)"))
+    lease: float = Field(15, gt=0, **flag("a running job whose gateway stopped renewing it is recovered after (s): "
+                                          "its replica asked whether it runs it or answered it"))
+    max_tries: int = Field(3, ge=1, **flag("a job whose replica failed or vanished with it this many times is failed "
+                                           "(a job that takes down every replica it is given)"))
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, **flag("the largest request body"))
     max_queued: int = Field(1000, ge=1, **flag("the most jobs waiting per modelKey"))
     max_queued_bytes: int = Field(1 << 30, ge=1024, **flag("the most bytes of modelInputs held for jobs queued or "

@@ -1,14 +1,21 @@
 """Dispatch: queued jobs go FIFO to the replicas, at most one in flight per replica (Potassium runs one at a time).
 
 Replicas are found again every few seconds (replicas.py): one joins once its /__status__ answers, one whose address
-has gone takes no new job (the one it runs may end). A replica that fails mid-job is taken out until its
-/__status__ answers again, and the job is retried once (on whichever replica is free first); with no replica at all,
-jobs wait in the store; a job past its time limit fails with an error. While a job runs, its
-gateway renews the job's lease; a job whose lease lapses (its gateway died) is queued again by any gateway.
-Webhooks due in the store's outbox are delivered by whichever gateway sees them first.
+has gone takes no new job (the one it runs may end). With no replica at all, jobs wait in the store; a job past its
+time limit fails with an error. Webhooks due in the store's outbox are delivered by whichever gateway sees them
+first.
+
+What counts against a job is a run lost with its replica: the replica failed mid-job (taken out until its
+/__status__ answers again), or vanished with it. The job is then queued again at its place, up to --max-tries runs;
+a job that stops every replica it is given ends there, saying so. A gateway's death, or its store's outage, costs the
+job nothing: while a job runs its gateway renews its lease, and a job whose lease lapsed is recovered by any gateway,
+which asks the replica it was given (GET /answers/<callID>): still running it, the lease is taken over; answered it,
+the job is finished with that answer (never run twice: the replica keeps its last answers, serverless_sd/recent.py);
+knows nothing of it, or cannot be reached, the run was lost with the replica, a try.
 """
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable
 
@@ -24,14 +31,14 @@ from .replicas import resolve_all
 from .stores import JobStore
 from .webhooks import TIMEOUT_S, Webhooks
 
-MAX_ATTEMPTS = 2
 PROGRESS_EVERY_S = 0.5  # how often a running job's progress is read from its replica
 
 
 class Dispatcher:
     def __init__(self, store: JobStore, backends: list[str], job_timeout_s: float, lease_s: float,
-                 webhooks: Webhooks, resolve_every_s: float = 5):
+                 webhooks: Webhooks, resolve_every_s: float = 5, max_tries: int = 3):
         self.store = store
+        self.max_tries = max_tries
         self.backends = backends  # as given: URLs, some of them names of replica sets
         self.resolve_every_s = resolve_every_s
         self.job_timeout_s = job_timeout_s
@@ -53,7 +60,7 @@ class Dispatcher:
         self.metrics = Metrics()
 
     async def start(self) -> None:
-        await self._ended(await self.store.recover(MAX_ATTEMPTS))
+        await self._recover_lapsed()
         await self._discover_once()
         self._tasks = [asyncio.create_task(self._discover()), asyncio.create_task(self._maintain())]
         self._tasks.append(asyncio.create_task(self._deliver_webhooks()))
@@ -198,16 +205,12 @@ class Dispatcher:
         except httpx.TransportError as error:
             self.healthy[url] = False
             logs.event("backend", backend=url, healthy=False, error=type(error).__name__)
-            if job.attempts < MAX_ATTEMPTS and await self.store.requeue(job):
-                logs.event("job", call_id=job.call_id, state="queued", retry=True)
-                self._work.set()
-            else:
-                await self._finish(job, error="error: the replica failed while running this job, twice")
+            await self._lost_with_its_replica(job)
             return
         finally:
             keeper.cancel()
             watcher.cancel()
-        await self._finish(job, **_outcome(response))
+        await self._finish(job, **_outcome(response.status_code, response.text))
 
     async def _keep_lease(self, job: Job) -> None:
         while True:
@@ -235,10 +238,46 @@ class Dispatcher:
             except Exception as error:  # noqa: BLE001 - a store outage: told again on the next round
                 logs.event("progress_error", call_id=job.call_id, error=type(error).__name__)
 
-    async def _finish(self, job: Job, result: str | None = None, error: str | None = None) -> None:
-        if not await self.store.finish(job, result=result, error=error):
+    async def _finish(self, job: Job, result: str | None = None, error: str | None = None,
+                      guard: dict | None = None) -> None:
+        if not await self.store.finish(job, result=result, error=error, guard=guard):
             return  # no longer ours: recovered by another gateway
         await self._ended([await self.store.get(job.call_id)])
+
+    async def _lost_with_its_replica(self, job: Job, guard: dict | None = None) -> None:
+        """A try: queued again, or past --max-tries, failed."""
+        if job.tries + 1 < self.max_tries:
+            if await self.store.requeue(job, guard):
+                logs.event("job", call_id=job.call_id, state="queued", retry=True, tries=job.tries + 1)
+                self._work.set()
+        elif await self.store.give_up(job, guard):
+            await self._ended([await self.store.get(job.call_id)])
+
+    async def _recover_lapsed(self) -> None:
+        await asyncio.gather(*(self._recover(job) for job in await self.store.lapsed()))
+
+    async def _recover(self, job: Job) -> None:
+        """A running job whose lease lapsed: what its replica says of it decides (the module's docstring). Every
+        change is guarded by the lease seen, so that a holder that came back and renewed it keeps it."""
+        guard = {"lease_until": job.lease_until}
+        if job.started and time.time() - job.started > self.job_timeout_s:
+            await self._finish(job, error=f"error: the job ran past its time limit of {self.job_timeout_s:g} s",
+                               guard=guard)
+            return
+        try:
+            asked = await self._client.get(f"{job.backend}/answers/{job.call_id}", timeout=30)
+            kept = asked.json() if asked.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
+            asked = kept = None
+        if asked is not None and asked.status_code == 202:
+            await self.store.extend(job, self.lease_s)
+        elif isinstance(kept, dict) and "status" in kept and "answer" in kept:
+            logs.event("job", call_id=job.call_id, recovered="answered", backend=job.backend)
+            await self._finish(job, **_outcome(kept["status"], json.dumps(kept["answer"])), guard=guard)
+        else:
+            logs.event("job", call_id=job.call_id, recovered="lost", backend=job.backend,
+                       replica=asked.status_code if asked is not None else "unreachable")
+            await self._lost_with_its_replica(job, guard)
 
     async def _ended(self, jobs: list[Job]) -> None:
         if not jobs:
@@ -253,7 +292,7 @@ class Dispatcher:
     async def _maintain(self) -> None:
         while True:
             try:
-                await self._ended(await self.store.recover(MAX_ATTEMPTS))
+                await self._recover_lapsed()
                 await self._ended(await self.store.sweep(self.job_timeout_s))
             except Exception as error:  # noqa: BLE001 - retried on the next round
                 logs.event("maintenance_error", error=f"{type(error).__name__}: {error}")
@@ -304,17 +343,17 @@ class Dispatcher:
         task.add_done_callback(self._deliveries.discard)
 
 
-def _outcome(response: httpx.Response) -> dict:
-    """The job's result and error. A failed job keeps the app's error body as its result (never shown as
-    modelOutputs): the synchronous APIs read which fields it names."""
+def _outcome(status: int, text: str) -> dict:
+    """The job's result and error from the replica's answer. A failed job keeps the app's error body as its result
+    (never shown as modelOutputs): the synchronous APIs read which fields it names."""
     try:
-        body = response.json()
+        body = json.loads(text)
     except ValueError:
         body = None
-    if response.status_code == 200 and isinstance(body, dict):
-        return {"result": response.text}
+    if status == 200 and isinstance(body, dict):
+        return {"result": text}
     detail = body.get("error") if isinstance(body, dict) else None
     if detail:
-        return {"error": f"error: {detail}", "result": response.text}
-    return {"error": f"error: the model answered HTTP {response.status_code}"}
+        return {"error": f"error: {detail}", "result": text}
+    return {"error": f"error: the model answered HTTP {status}"}
 

@@ -1,5 +1,6 @@
-"""A job's record and its lifecycle: queued -> running -> succeeded | failed (or back to queued, once, on a retry);
-queued or running -> cancelled. An ended job's result is kept for the result TTL, then it reads as expired.
+"""A job's record and its lifecycle: queued -> running -> succeeded | failed (or back to queued: a retry, after its
+replica failed or vanished with it, up to the gateway's --max-tries); queued or running -> cancelled. An ended job's
+result is kept for the result TTL, then it reads as expired.
 
 The record is small (no payload): its inputs and its result live beside it in the store, read only where needed,
 so that polling a job's state costs the same whatever its images weigh.
@@ -37,7 +38,8 @@ class Job:
     queued_at: float = field(default_factory=time.time)  # the queue time limit counts from here, reset on a retry
     seq: int = 0  # FIFO order, kept when a job is retried so that it keeps its place at the front
     state: str = QUEUED
-    attempts: int = 0
+    attempts: int = 0  # claims: each write a gateway makes is guarded by the claim it holds
+    tries: int = 0  # runs lost with their replica (it crashed, or vanished with the job), bounded by --max-tries
     started: float | None = None
     finished: float | None = None
     lease_until: float | None = None

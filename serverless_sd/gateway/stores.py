@@ -18,7 +18,8 @@ from urllib.parse import urlparse
 
 from .jobs import ACTIVE, CANCELLED, COLUMNS, EXPIRED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job
 
-_FAILED_RECOVERY = "error: the replica running this job stopped answering, and it was already tried {n} times"
+_GIVEN_UP = ("error: the replicas given this job failed or vanished with it {n} times (--max-tries): a job that stops "
+             "every replica it is given is not run again")
 _QUEUE_TIMEOUT = "error: no replica took this job within {s:g} s; are the replicas up?"
 _EXPIRED = "error: this callID's result expired (results are kept {s:g} s after the job ends)"
 _CANCELLED = "error: this job was cancelled by the caller"
@@ -106,27 +107,29 @@ class JobStore:
     async def renew(self, job: Job, lease_s: float) -> bool:
         return await self._update(job, RUNNING, lease_until=time.time() + lease_s)
 
-    async def finish(self, job: Job, result: str | None = None, error: str | None = None) -> bool:
-        return await self._end(job, RUNNING, FAILED if error else SUCCEEDED, error, result)
+    async def finish(self, job: Job, result: str | None = None, error: str | None = None,
+                     guard: dict | None = None) -> bool:
+        return await self._end(job, RUNNING, FAILED if error else SUCCEEDED, error, result, guard)
 
     async def requeue(self, job: Job, guard: dict | None = None) -> bool:
+        """Its replica failed or vanished with it: queued again, at its place in the line, one try counted."""
         return await self._update(job, RUNNING, guard, state=QUEUED, queued_at=time.time(), lease_until=None,
-                                  backend=None)
+                                  backend=None, tries=job.tries + 1)
+
+    async def give_up(self, job: Job, guard: dict | None = None) -> bool:
+        """Failed with its replica once more, the last try --max-tries allows."""
+        return await self._end(job, RUNNING, FAILED, _GIVEN_UP.format(n=job.tries + 1), guard=guard)
+
+    async def extend(self, job: Job, lease_s: float) -> bool:
+        """A lapsed lease taken over (its replica still runs the job): guarded by the lease seen."""
+        return await self._update(job, RUNNING, {"lease_until": job.lease_until}, lease_until=time.time() + lease_s)
 
     async def cancel(self, job: Job) -> bool:
         return job.state in ACTIVE and await self._end(job, job.state, CANCELLED, _CANCELLED)
 
-    async def recover(self, max_attempts: int) -> list[Job]:
-        """Queue again the running jobs whose lease lapsed; fail those tried max_attempts times. Returns those.
-        Guarded by the lease seen: a job renewed at the last moment is left to its gateway."""
-        failed = []
-        for job in await self.backend.lapsed(time.time()):
-            if job.attempts < max_attempts:
-                await self.requeue(job, guard={"lease_until": job.lease_until})
-            elif await self._end(job, RUNNING, FAILED, _FAILED_RECOVERY.format(n=job.attempts),
-                                 guard={"lease_until": job.lease_until}):
-                failed.append(await self.get(job.call_id))
-        return failed
+    async def lapsed(self) -> list[Job]:
+        """Running jobs whose lease lapsed: their gateway died, or could not reach the store to renew it."""
+        return await self.backend.lapsed(time.time())
 
     async def sweep(self, queue_timeout_s: float) -> list[Job]:
         """Fail the jobs that waited in the queue past the limit (returned); drop what has expired."""
@@ -200,6 +203,9 @@ class SQLiteBackend:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"CREATE TABLE IF NOT EXISTS job (call_id TEXT PRIMARY KEY, "
                          f"{', '.join(c for c in COLUMNS if c != 'call_id')}, forget_at REAL)")
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(job)")}
+        for column in (c for c in COLUMNS if c not in have):  # a store file from an earlier version
+            self._db.execute(f"ALTER TABLE job ADD COLUMN {column} DEFAULT 0")
         self._db.execute("CREATE TABLE IF NOT EXISTS job_payload (call_id TEXT PRIMARY KEY, inputs TEXT, "
                          "result TEXT, expires REAL)")
         for name, columns in (("by_seq", "state, seq"), ("by_queued_at", "state, queued_at"),

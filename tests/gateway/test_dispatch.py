@@ -91,9 +91,9 @@ def test_a_replica_killed_mid_job_has_its_job_retried_on_another(start_gateway, 
     busy.join()
 
 
-def test_a_job_whose_replica_dies_twice_is_an_error(start_gateway, start_app, models):
+def test_a_job_whose_replica_dies_with_it_max_tries_times_is_an_error(start_gateway, start_app, models):
     doomed = start_app({"MODEL_ID": str(models["sd"])})
-    gateway = start_gateway([doomed.url])
+    gateway = start_gateway([doomed.url], "--max-tries", "2")
     call_id = gateway.start_job(SLOW)["callID"]
     for _ in range(2):
         wait_for(gateway, call_id, "running")
@@ -101,8 +101,80 @@ def test_a_job_whose_replica_dies_twice_is_an_error(start_gateway, start_app, mo
         doomed.start()
         doomed.wait_ready()
     answer = gateway.result(call_id)
-    assert answer["finished"] and answer["message"] == "error: the replica failed while running this job, twice"
+    assert answer["finished"] and answer["message"].startswith(
+        "error: the replicas given this job failed or vanished with it 2 times (--max-tries)")
     assert gateway.start_job(FAST, start_only=False)["message"] == "success"  # the replica serves again
+
+
+def test_gateways_killed_twice_and_the_replica_once_under_a_running_job_cost_it_one_try(start_gateway, start_app,
+                                                                                          models, tmp_path):
+    """A gateway's death is not the job's: the replica still runs it, the next gateway takes its lease over. Only the
+    replica's death with it is a try (--max-tries 2 here: two gateway deaths counted as tries failed it before)."""
+    release = tmp_path / "release"
+    replica = start_app({"MODEL_ID": str(models["sd"])}, script="testkit.fault_app")
+    gateway = start_gateway([replica.url], "--lease", "1.5", "--max-tries", "2")
+    call_id = gateway.start_job({"prompt": f"wait: {release} a lighthouse", "num_inference_steps": 2,
+                                 "seed": 41})["callID"]
+    wait_for(gateway, call_id, "running")
+    for _ in range(2):
+        gateway.kill()
+        gateway.start()
+        gateway.wait_ready(60)
+        time.sleep(3)  # two leases: recovered by the new gateway, which asked the replica
+        assert gateway.check(call_id)["state"] == "running"  # taken over, not queued again
+    replica.kill()
+    replica.start()
+    replica.wait_ready()
+    release.touch()
+    answer = gateway.result(call_id)
+    assert answer["message"] == "success" and answer["modelOutputs"][0]["seeds"] == [41]
+    assert ran_count(replica, call_id) == 1
+    assert '"recovered": "lost"' in gateway.logs()  # the replica's death: the one try
+
+
+def test_a_job_a_gateway_lost_the_answer_of_is_finished_from_the_replicas_answer(start_gateway, start_app, models,
+                                                                                   tmp_path):
+    """The holder died while its replica ran the job: the replica finished it all the same, and the gateway that
+    recovers the job finishes it with that answer, without running it again."""
+    release = tmp_path / "release"
+    replica = start_app({"MODEL_ID": str(models["sd"])}, script="testkit.fault_app")
+    gateway = start_gateway([replica.url], "--lease", "1.5")
+    call_id = gateway.start_job({"prompt": f"wait: {release} a lighthouse", "num_inference_steps": 2,
+                                 "seed": 42})["callID"]
+    wait_for(gateway, call_id, "running")
+    gateway.kill()
+    release.touch()  # it ends while no gateway listens for its answer
+    wait_until(lambda: call_id in {e["request_id"] for e in replica.events()}, timeout=300)
+    gateway.start()
+    gateway.wait_ready(60)
+    answer = gateway.result(call_id)
+    assert answer["message"] == "success" and answer["modelOutputs"][0]["seeds"] == [42]
+    assert ran_count(replica, call_id) == 1 and '"recovered": "answered"' in gateway.logs()
+
+
+def test_a_poison_job_ends_after_max_tries_while_the_other_jobs_are_served(start_gateway, start_app, models):
+    """A job that kills every replica it is given (restarted each time, as Kubernetes would) is failed after
+    --max-tries (3) runs, saying so; the jobs beside it succeed, each with its own seed."""
+    replicas = [start_app({"MODEL_ID": str(models["sd"])}, script="testkit.fault_app") for _ in range(2)]
+    gateway = start_gateway([r.url for r in replicas])
+    poison = gateway.start_job({"prompt": "fail: die", "num_inference_steps": 1})["callID"]
+    others = {gateway.start_job({**FAST, "seed": seed})["callID"]: seed for seed in range(51, 57)}
+    deadline = time.monotonic() + 600
+    while gateway.check(poison)["state"] in ("queued", "running"):
+        assert time.monotonic() < deadline
+        for replica in replicas:  # the supervisor
+            if replica.proc.poll() is not None:
+                replica.start()
+        time.sleep(0.1)
+    answer = gateway.result(poison)
+    assert answer["message"].startswith("error: the replicas given this job failed or vanished with it 3 times "
+                                        "(--max-tries)"), answer["message"]
+    for replica in replicas:
+        if replica.proc.poll() is not None:
+            replica.start()
+    for call_id, seed in others.items():
+        done = gateway.result(call_id)
+        assert done["message"] == "success" and done["modelOutputs"][0]["seeds"] == [seed]
 
 
 def test_a_hung_replica_times_the_job_out_and_is_taken_out_until_it_answers(start_gateway, start_app, models):

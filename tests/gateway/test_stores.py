@@ -130,17 +130,34 @@ def test_progress_no_replica_renews_expires(store_url, monkeypatch):
     run(store_url, scenario)
 
 
-def test_lapsed_leases_are_queued_again_then_failed(store_url):
+def test_a_run_lost_with_its_replica_is_a_try_and_the_last_try_fails_the_job(store_url):
     async def scenario(store):
         added = await add(store)
         await store.claim("b", 0.1)
         await asyncio.sleep(0.2)
-        assert await store.recover(max_attempts=2) == []
-        assert (await store.get(added.call_id)).state == "queued"
-        await store.claim("b", 0.1)
+        [lapsed] = await store.lapsed()
+        assert await store.requeue(lapsed, guard={"lease_until": lapsed.lease_until})
+        queued = await store.get(added.call_id)
+        assert (queued.state, queued.tries, queued.attempts) == ("queued", 1, 1)  # a try, kept apart from claims
+        again = await store.claim("b", 30)
+        assert again.attempts == 2 and again.tries == 1
+        assert await store.give_up(again)
+        failed = await store.get(added.call_id)
+        assert failed.state == "failed" and "failed or vanished with it 2 times (--max-tries)" in failed.error
+    run(store_url, scenario)
+
+
+def test_a_lapsed_lease_taken_over_keeps_the_job_running_and_its_holder_may_renew_it(store_url):
+    async def scenario(store):
+        added = await add(store)
+        claimed = await store.claim("b", 0.1)
         await asyncio.sleep(0.2)
-        [failed] = await store.recover(max_attempts=2)
-        assert failed.state == "failed" and "already tried 2 times" in failed.error
+        [lapsed] = await store.lapsed()
+        assert await store.extend(lapsed, 30) and await store.lapsed() == []
+        assert not await store.extend(lapsed, 30)  # guarded by the lease seen: one recovering gateway takes it
+        assert await store.renew(claimed, 30)  # the holder, back, renews what it still holds
+        current = await store.get(added.call_id)
+        assert current.state == "running" and current.tries == 0
     run(store_url, scenario)
 
 
@@ -151,29 +168,41 @@ def test_a_renewed_lease_is_kept(store_url):
         for _ in range(3):
             await asyncio.sleep(0.15)
             assert await store.renew(claimed, 0.3)
-            await store.recover(max_attempts=2)
+            assert await store.lapsed() == []
         assert (await store.get(added.call_id)).state == "running"
     run(store_url, scenario)
 
 
 def test_a_lease_renewed_at_the_last_moment_is_not_recovered(store_url):
-    # Recovery reads the lapsed jobs, then requeues each: a renewal in between must win, or the job runs twice.
+    # Recovery reads the lapsed jobs, then acts on each: a renewal in between must win, or the job runs twice.
     async def scenario(store):
         added = await add(store)
         claimed = await store.claim("b", 0.1)
         await asyncio.sleep(0.2)
-        read_lapsed = store.backend.lapsed
-
-        async def lapsed_then_renewed(now):
-            seen = await read_lapsed(now)
-            assert await store.renew(claimed, 30)  # the owner's renewal lands just after the read
-            return seen
-
-        store.backend.lapsed = lapsed_then_renewed
-        assert await store.recover(max_attempts=2) == []
+        [lapsed] = await store.lapsed()
+        assert await store.renew(claimed, 30)  # the owner's renewal lands just after the read
+        guard = {"lease_until": lapsed.lease_until}
+        assert not await store.requeue(lapsed, guard) and not await store.give_up(lapsed, guard)
+        assert not await store.finish(lapsed, error="error: x", guard=guard) and not await store.extend(lapsed, 30)
         current = await store.get(added.call_id)
-        assert current.state == "running" and current.attempts == 1
+        assert current.state == "running" and current.attempts == 1 and current.tries == 0
     run(store_url, scenario)
+
+
+def test_a_store_file_from_before_tries_were_counted_opens_and_serves(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    old = [c for c in stores.COLUMNS if c not in ("call_id", "tries")]
+    with sqlite3.connect(path) as db:
+        db.execute(f"CREATE TABLE job (call_id TEXT PRIMARY KEY, {', '.join(old)}, forget_at REAL)")
+
+    async def scenario(store):
+        added = await add(store)
+        claimed = await store.claim("b", 30)
+        assert claimed.call_id == added.call_id and claimed.tries == 0 and await store.requeue(claimed)
+        assert (await store.get(added.call_id)).tries == 1
+    run(f"sqlite:///{path}", scenario)
 
 
 def test_sweep_fails_stale_queued_jobs_and_expires_old_results(store_url):
@@ -314,7 +343,7 @@ def test_periodic_work_and_a_check_cost_the_same_with_20_or_520_results_kept(sto
 
         async def one_round():
             before = measure()
-            await store.recover(2)
+            await store.lapsed()
             await store.sweep(600)
             await store.counts()
             job = await store.get(waiting.call_id)
