@@ -27,6 +27,18 @@ def to_data_uri(image: Image.Image, output_format: str) -> str:
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
 
 
+# What an input image string looks like, for the OpenAPI document's generic validators: plain base64 (padded, no
+# whitespace: decode's validate=True), or a data URI of the formats accepted. No such file is under 24 bytes.
+BASE64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+DATA_URI_PATTERN = rf"^data:image/({'|'.join(MIME_TYPES)});base64,{BASE64_PATTERN[1:]}"
+MIN_BASE64_CHARS = 32
+
+
+def max_base64_chars(max_bytes: int) -> int:
+    """The longest base64 payload decode reads for a file of at most max_bytes (a little slack for padding)."""
+    return (max_bytes + 2) // 3 * 4 + 4
+
+
 def decode(value: str, max_bytes: int, max_pixels: int) -> Image.Image:
     """An input image from base64 or a data URI: PNG, JPEG or WebP, bounded in bytes and in pixels.
 
@@ -39,7 +51,7 @@ def decode(value: str, max_bytes: int, max_pixels: int) -> Image.Image:
         mime = header[5:].split(";")[0]
         if ";base64" not in header or mime not in MIME_TYPES.values():
             raise ValueError("must be a data:image/png|jpeg|webp;base64 URI or plain base64")
-    if len(payload) > (max_bytes + 2) // 3 * 4 + 4:
+    if len(payload) > max_base64_chars(max_bytes):
         raise ValueError(f"larger than {max_bytes} bytes")
     try:
         raw = base64.b64decode(payload, validate=True)

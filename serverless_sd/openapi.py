@@ -3,14 +3,14 @@ taken from the models in schema.py, with this deployment's limits filled in; and
 document is FastAPI's.)
 
 Which fields go together is said in JSON Schema too (allOf below), so that data valid by the document is accepted.
-What it cannot say: an image string must decode as an image (the "image" format), a prompt's brackets must pair
+What it cannot say: an image string of the forms it states must decode as an image (the "image" format), a prompt's brackets must pair
 where weights are read (the "prompt" format: SD 1.x/2.x and SDXL), and width x height within the pixel budget
 (implied by the per-side maximum where MAX_SIDE squared fits MAX_PIXELS; else a 422 names it).
 """
 
 from pydantic import BaseModel
 
-from . import schedulers
+from . import images, schedulers
 from .progress import Progress
 from .schema import HUB_ID, Answer, ErrorBody, FieldError, GenerateInputs, Limits, LoraChoice, aliases, default_values
 
@@ -44,7 +44,7 @@ def app_document(limits: Limits) -> dict:
     for alias, name in aliases().items():
         fields[alias] = {**fields[name], "title": f"The same as {name} (send one of the two)"}
     for name in IMAGES:
-        fields[name]["anyOf"][0]["format"] = "image"
+        fields[name]["anyOf"][0] |= _image_string(limits)
     if limits.model_family.clip_prompts:  # weights are read (prompts.py): brackets must pair
         fields["prompt"]["format"] = "prompt"
         fields["negative_prompt"]["anyOf"][0]["format"] = "prompt"
@@ -89,6 +89,22 @@ def app_document(limits: Limits) -> dict:
         },
         "components": {"schemas": {"FieldError": _schema(FieldError), "LoraChoice": _schema(LoraChoice)}},
     }
+
+
+def _image_string(limits: Limits) -> dict:
+    """An input image: what a generic validator can check (the forms, their lengths, the media types), and the
+    "image" format for the tools that can draw images (testkit/schemathesis_hooks.py). That the string decodes as an
+    image no JSON Schema can say: a 422 names the field."""
+    longest = images.max_base64_chars(limits.max_image_bytes)
+    encoded = {"minLength": images.MIN_BASE64_CHARS, "contentEncoding": "base64"}
+    forms = [{"pattern": images.DATA_URI_PATTERN, "maxLength": longest + len("data:image/jpeg;base64,"),
+              **encoded, "title": f"a data URI: {', '.join(images.MIME_TYPES.values())}"},
+             {"pattern": images.BASE64_PATTERN, "maxLength": longest, **encoded,
+              "title": "plain base64 of a PNG, JPEG or WebP file"}]
+    if limits.image_allowed.entries:
+        forms.append({"pattern": limits.image_allowed.pattern(),
+                      "title": "a URL on a host IMAGE_HOSTS allows, fetched by the app"})
+    return {"format": "image", "anyOf": forms}
 
 
 def _progress_schema() -> dict:

@@ -5,6 +5,7 @@ JSON Schema cannot say is implied); the gateway's Banana API with every check bu
 4xx", since Banana's protocol answers invalid data with HTTP 200 and a message containing "error"; its OpenAI and
 AUTOMATIC1111 APIs with every check but "valid data is accepted", since the replica's limits bound them."""
 
+import base64
 import os
 import re
 import subprocess
@@ -12,22 +13,27 @@ import sys
 from pathlib import Path
 
 import httpx
+import jsonschema
 import pytest
+from PIL import Image
 
+from serverless_sd import images
+from serverless_sd.settings import Settings
 from testkit.processes import ROOT
 
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 
 
 def schemathesis(base_url: str, operations: int, examples: int = 60, exempt: str | None = None,
-                 paths: str | None = None) -> None:
+                 paths: str | None = None, hooks: bool = True) -> None:
     run = subprocess.run(
         [str(SCHEMATHESIS), "run", f"{base_url}/openapi.json", "--url", base_url, "--checks", "all",
          *(["--exclude-checks", exempt] if exempt else []), *(["--include-path-regex", paths] if paths else []),
          "--max-examples", str(examples), "--seed", "1", "--workers", "1", "--request-timeout", "120",
          "--phases", "examples,coverage,fuzzing", "--suppress-health-check", "all"],
         capture_output=True, text=True, timeout=900, cwd=ROOT,
-        env={**os.environ, "SCHEMATHESIS_HOOKS": "testkit.schemathesis_hooks", "PYTHONPATH": str(ROOT)})
+        env={**{k: v for k, v in os.environ.items() if k != "SCHEMATHESIS_HOOKS"}, "PYTHONPATH": str(ROOT),
+             **({"SCHEMATHESIS_HOOKS": "testkit.schemathesis_hooks"} if hooks else {})})
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
     assert re.search(rf"Tested: {operations}\n", run.stdout), run.stdout[-3000:]
     generated, passed = map(int, re.search(r"(\d+) generated, (\d+) passed", run.stdout).groups())
@@ -47,6 +53,28 @@ def test_the_apps_document_carries_its_limits(limited_app):
 
 def test_schemathesis_against_the_app(limited_app):
     schemathesis(limited_app.url, operations=2)  # POST / and GET /progress
+
+
+def test_a_generic_validator_refuses_what_no_image_can_be(limited_app):
+    document = httpx.get(limited_app.url + "/openapi.json").json()
+    fields = document["paths"]["/"]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    png = base64.b64encode(images.encode(Image.new("RGB", (8, 8)), "png")).decode()
+    for name in ("image", "mask_image", "control_image"):
+        valid = jsonschema.Draft202012Validator(fields[name]).is_valid
+        assert valid(png) and valid("data:image/png;base64," + png) and valid("data:image/webp;base64," + png)
+        assert valid(None)
+        for wrong in ("", "0", "not base64 at all", png[:-1], "data:image/gif;base64," + png, "data:image/png," + png,
+                      "https://example.com/a.png",  # no IMAGE_HOSTS here: no URL is fetched
+                      "A" * (images.max_base64_chars(Settings.model_fields["max_image_bytes"].default) + 4)):  # past MAX_IMAGE_BYTES
+            assert not valid(wrong), (name, wrong[:40])
+
+
+def test_schemathesis_without_our_hooks_against_the_app(limited_app):
+    """As a user would run it, without testkit's hooks: the image and prompt formats mean nothing to it. Every check
+    but one: it draws images as the base64 strings the document states (random bytes, no image) and prompts with
+    unpaired brackets, which the app refuses with a 422 naming the field. No JSON Schema can say that a string
+    decodes as an image; test_schemathesis_against_the_app checks valid data is accepted, with real images."""
+    schemathesis(limited_app.url, operations=2, hooks=False, exempt="positive_data_acceptance")
 
 
 def test_schemathesis_against_a_flux_app(start_app, models):
