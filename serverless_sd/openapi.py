@@ -3,9 +3,10 @@ taken from the models in schema.py, with this deployment's limits filled in; and
 document is FastAPI's.)
 
 Which fields go together is said in JSON Schema too (allOf below), so that data valid by the document is accepted.
-What it cannot say: an image string of the forms it states must decode as an image (the "image" format), a prompt's brackets must pair
-where weights are read (the "prompt" format: SD 1.x/2.x and SDXL), and width x height within the pixel budget
-(implied by the per-side maximum where MAX_SIDE squared fits MAX_PIXELS; else a 422 names it).
+What it cannot say: an image string of the forms it states must decode as an image (the "image" format), a
+prompt's brackets must pair where weights are read (the "prompt" format: SD 1.x/2.x and SDXL), and width x height
+within the pixel budget (implied by the per-side maximum where MAX_SIDE squared fits MAX_PIXELS; else a 422 names
+it).
 """
 
 from pydantic import BaseModel
