@@ -10,7 +10,6 @@ Writes bench/results/chaos.json and prints it; exits 1 on any failure.
 """
 
 import argparse
-import json
 import queue
 import random
 import tempfile
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import httpx
 
+from bench.common import conclude
 from testkit import model_factory
 from testkit.processes import TEST_KEY, AppProcess, GatewayProcess, RedisServer
 
@@ -161,14 +161,7 @@ def main() -> None:
             for process in [*replicas, *gateways]:
                 process.stop()
             redis.stop()
-    problems = verdict(result, args.jobs)
-    result["ok"] = not problems
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "chaos.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
-    if problems:
-        raise SystemExit("chaos run failed: " + "; ".join(problems))
-
+    conclude(result, verdict(result, args.jobs), args.out, "chaos")
 
 if __name__ == "__main__":
     main()

@@ -25,6 +25,16 @@ def cpu_arguments(runs: int) -> argparse.Namespace:
     return parser.parse_args()
 
 
+def conclude(result: dict, problems: list[str], out: Path, name: str) -> None:
+    """A run's end: its result, with ok, written to out/<name>.json and printed; exit 1 naming each problem."""
+    result["ok"] = not problems
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+    if problems:
+        raise SystemExit(f"{name} failed: " + "; ".join(problems))
+
+
 def sd15_folder(folder: Path) -> Path:
     """SD 1.5's architecture with random weights, fp16 safetensors (about 2 GB), built once."""
     if not (folder / "model_index.json").exists():

@@ -7,7 +7,6 @@ bench/results/loadtest.json, and exits 1 if a job was lost, duplicated or mixed 
 """
 
 import argparse
-import json
 import queue
 import tempfile
 import threading
@@ -17,6 +16,7 @@ from pathlib import Path
 import httpx
 import psutil
 
+from bench.common import conclude
 from testkit import model_factory
 from testkit.processes import AppProcess, GatewayProcess, RedisServer
 
@@ -147,14 +147,7 @@ def main() -> None:
                 if process is not None:
                     process.stop()
             redis.stop()
-    problems = verdict(result)
-    result["ok"] = not problems
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "loadtest.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
-    if problems:
-        raise SystemExit("load test failed: " + "; ".join(problems))
-
+    conclude(result, verdict(result), args.out, "loadtest")
 
 if __name__ == "__main__":
     main()
