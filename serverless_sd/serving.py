@@ -190,7 +190,9 @@ class Potassium(potassium.Potassium):
             raise SystemExit(f"app.py: {error}") from None
         logs.event("ready", model_id=settings.model_id, init_s=round(time.perf_counter() - started, 2))
         if runpod_worker.wanted():
-            runpod_worker.start(self._endpoints["/"].func, self._warmed(context))  # its jobs run on this thread
+            progress = self.documents.get("/progress")
+            runpod_worker.start(self._endpoints["/"].func, self._warmed(context),  # its jobs run on this thread
+                                progress=(lambda: progress(context)) if progress else None)
             return
         self._init_func = lambda: context  # Potassium's own init now returns at once: no busy-wait worth the name
         self._context = context

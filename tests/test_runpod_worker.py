@@ -1,14 +1,18 @@
 """The image as a RunPod Serverless worker: the runpod SDK's local test API over HTTP, RunPod's job shapes, our
 handler and messages, and test.py as a RunPod client."""
 
+import json
 import os
 import subprocess
 import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
 
-from testkit.processes import ROOT, RunPodWorker
+from testkit.processes import ROOT, THREADS, RunPodWorker, spawn
 
 INPUTS = {"prompt": "a lighthouse", "num_inference_steps": 2, "seed": 5, "width": 64, "height": 64}
 
@@ -61,3 +65,70 @@ def test_neither_prompts_nor_images_go_to_the_workers_log(worker):
                      timeout=120).json()
     payload = job["output"]["images"][0].partition(",")[2]
     assert "secret-prompt-7781" not in worker.logs() and payload[:200] not in worker.logs()
+
+
+class FakeRunPod(ThreadingHTTPServer):
+    """RunPod's side of a worker, as the runpod SDK calls it: job-take hands out one job, job-stop has nothing, and
+    every POST to job-done (progress while IN_PROGRESS, then the result) is recorded."""
+
+    def __init__(self, job: dict):
+        self.job, self.posted, self.done = job, [], threading.Event()
+        super().__init__(("127.0.0.1", 0), _FakeRunPodHandler)
+
+    def env(self) -> dict:
+        base = f"http://127.0.0.1:{self.server_address[1]}"
+        return {"RUNPOD_POD_ID": "worker-1", "RUNPOD_AI_API_KEY": "rp-key",
+                "RUNPOD_WEBHOOK_GET_JOB": base + "/job-take/$RUNPOD_POD_ID?gpu=x",
+                "RUNPOD_WEBHOOK_POST_OUTPUT": base + "/job-done/$RUNPOD_POD_ID/$ID?gpu=x",
+                "RUNPOD_WEBHOOK_PING": base + "/ping/$RUNPOD_POD_ID?gpu=x"}
+
+
+class _FakeRunPodHandler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        server: FakeRunPod = self.server
+        if self.path.startswith("/job-take/") and server.job is not None:
+            body, server.job = json.dumps(server.job).encode(), None
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        time.sleep(0.5)  # no job: as RunPod's long poll would, not at once
+        self.send_response(204)
+        self.end_headers()
+
+    def do_POST(self):
+        server: FakeRunPod = self.server
+        data = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        server.posted.append(data)
+        if data.get("status") != "IN_PROGRESS":
+            server.done.set()
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_runpod_sees_the_jobs_progress_then_its_output(models, tmp_path):
+    """The worker as RunPod runs it (RUNPOD_WEBHOOK_GET_JOB set): the SDK's own worker loop against a stand-in for
+    RunPod's job API. A job of 60 steps reports its steps while it runs, as RunPod's /status will show them."""
+    runpod = FakeRunPod({"id": "job-7", "input": {**INPUTS, "num_inference_steps": 60, "width": 128, "height": 128}})
+    threading.Thread(target=runpod.serve_forever, daemon=True).start()
+    env = {**os.environ, "MODEL_ID": str(models["sd"]), "OMP_NUM_THREADS": THREADS, **runpod.env()}
+    with (tmp_path / "worker.log").open("w") as log:
+        worker = spawn([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        assert runpod.done.wait(300), (tmp_path / "worker.log").read_text()[-3000:]
+    finally:
+        worker.kill()
+        worker.wait()
+        runpod.shutdown()
+    *progress, result = runpod.posted
+    assert result["output"]["seeds"] == [5] and len(result["output"]["images"]) == 1
+    steps = [p["output"]["step"] for p in progress]
+    totals = {p["output"]["total_steps"] for p in progress}  # the scheduler's count (PNDM: one more)
+    assert progress and all(p["status"] == "IN_PROGRESS" for p in progress) and len(totals) == 1 and min(totals) >= 60
+    assert steps == sorted(set(steps)) and 0 < steps[-1] <= 61 and all("eta_s" in p["output"] for p in progress[1:])
