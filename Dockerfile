@@ -44,8 +44,11 @@ COPY download.py ./
 COPY serverless_sd/__init__.py serverless_sd/settings.py serverless_sd/fetching.py serverless_sd/weights.py \
      serverless_sd/families.py serverless_sd/
 # A gated or private model: docker build --secret id=HF_TOKEN,env=HF_TOKEN ...  (a secret, not a build arg:
-# build args stay readable in the image's history).
-RUN --mount=type=secret,id=HF_TOKEN,env=HF_TOKEN python3 download.py
+# build args stay readable in the image's history). BAKE_WEIGHTS=0: an image without weights (a few GB, built in
+# minutes), which serves MODEL_ID from the host's cached models (CACHED_MODELS_DIR: RunPod's, docs/deployment.md).
+ARG BAKE_WEIGHTS=1
+RUN --mount=type=secret,id=HF_TOKEN,env=HF_TOKEN \
+    if [ "$BAKE_WEIGHTS" = 1 ]; then python3 download.py; else echo "BAKE_WEIGHTS=$BAKE_WEIGHTS: no weights baked"; fi
 
 # At run time nothing is downloaded.
 ENV HF_HUB_OFFLINE=1

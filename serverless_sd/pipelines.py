@@ -139,7 +139,7 @@ class StableDiffusion:
     def load(cls, settings: Settings, compile_backend: str | Callable = "inductor") -> "StableDiffusion":
         """compile_backend: torch.compile's, with COMPILE=1 (the tests' "eager" traces and guards as inductor does,
         without its code generation's minutes)."""
-        folder = weights.locate(settings.model_id, settings.models_dir, safety_checker=settings.safety_checker,
+        folder = weights.locate(settings.model_id, settings.model_places, safety_checker=settings.safety_checker,
                                 drop_t5=settings.drop_t5)
         family = families.of(folder)
         device = choose_device(settings.device)
@@ -154,7 +154,7 @@ class StableDiffusion:
                                   "text encoders")
             left_out |= {"text_encoder_3": None, "tokenizer_3": None}
         if settings.controlnet_id:  # checked before anything loads: a wrong kind is a message, not a minute's wait
-            controlnet_folder = weights.locate(settings.controlnet_id, settings.models_dir, one_model=True,
+            controlnet_folder = weights.locate(settings.controlnet_id, settings.model_places, one_model=True,
                                                variable="CONTROLNET_ID")
             kind = json.loads((controlnet_folder / "config.json").read_text()).get("_class_name")
             if kind != family.controlnet:

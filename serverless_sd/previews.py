@@ -22,7 +22,7 @@ class Previewer:
         if not settings.preview_every:
             return None
         decoder_id = settings.preview_decoder or family.preview_decoder
-        folder = weights.locate(decoder_id, settings.models_dir, one_model=True, variable="PREVIEW_DECODER")
+        folder = weights.locate(decoder_id, settings.model_places, one_model=True, variable="PREVIEW_DECODER")
         decoder = AutoencoderTiny.from_pretrained(folder, dtype=dtype, local_files_only=True, use_safetensors=True)
         if decoder.config.latent_channels != latent_channels:
             raise FamilyError(f"PREVIEW_DECODER {decoder_id!r} decodes {decoder.config.latent_channels}-channel "

@@ -23,6 +23,8 @@ class Settings(BaseModel):
     controlnet_id: str = ""
     safety_checker: bool = True
     models_dir: Path = REPO_ROOT / "models"
+    # A host's cache of hub models, searched after MODELS_DIR: RunPod's cached models (the hub cache's own layout).
+    cached_models_dir: Path = Path("/runpod-volume/huggingface-cache/hub")
     hf_token: SecretStr | None = None
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=1, le=65535)
@@ -97,6 +99,12 @@ class Settings(BaseModel):
     @property
     def loras_folder(self) -> Path:
         return self.loras_dir or self.models_dir / "loras"
+
+    @property
+    def model_places(self) -> tuple[Path, Path]:
+        """Where a MODEL_ID (or CONTROLNET_ID, PREVIEW_DECODER) is looked for: what download.py baked in, then the
+        host's cached models."""
+        return (self.models_dir, self.cached_models_dir)
 
     @classmethod
     def from_env(cls) -> "Settings":

@@ -2,8 +2,9 @@
 
 import re
 import shutil
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING
 
 from huggingface_hub import get_cached_repo_tree, hf_hub_download, model_info, snapshot_download
 from huggingface_hub.errors import (
@@ -140,21 +141,28 @@ def _lora_file(source: str, cache_dir: Path, token: str | None) -> Path:
     return Path(hf_hub_download(repo, file, cache_dir=cache_dir, token=token))
 
 
-def locate(model_id: str, models_dir: Path, safety_checker: bool = True, one_model: bool = False,
+def locate(model_id: str, places: Path | Sequence[Path], safety_checker: bool = True, one_model: bool = False,
            drop_t5: bool = False, variable: str = "MODEL_ID") -> Path:
-    """The folder to load: MODEL_ID itself when it is one, else the snapshot download() baked in. Never the network."""
+    """The folder to load: MODEL_ID itself when it is one, else its snapshot in the first of `places` (hub caches:
+    what download.py baked in, then the host's cached models) that holds all it needs. Never the network."""
     if Path(model_id).is_dir():
         return Path(model_id)
-    try:
-        files = [entry.path for entry in get_cached_repo_tree(model_id, cache_dir=models_dir)]
-        if one_model:
-            return _fetch_one_model(model_id, models_dir, files, variable, local_files_only=True)
-        return _fetch(model_id, models_dir, files, local_files_only=True, **_skipped(safety_checker, drop_t5))
-    except (CachedRepoTreeNotFoundError, LocalEntryNotFoundError, ValueError):
-        raise WeightsError(
-            f"{variable} {model_id!r} is not in {models_dir}: run `python3 download.py` with the same {variable} "
-            "(the Dockerfile does this at build time)"
-        ) from None
+    places = [places] if isinstance(places, Path) else list(places)
+    for place in places:
+        if not place.is_dir():
+            continue
+        try:
+            files = [entry.path for entry in get_cached_repo_tree(model_id, cache_dir=place)]
+            if one_model:
+                return _fetch_one_model(model_id, place, files, variable, local_files_only=True)
+            return _fetch(model_id, place, files, local_files_only=True, **_skipped(safety_checker, drop_t5))
+        except (CachedRepoTreeNotFoundError, LocalEntryNotFoundError, ValueError):
+            continue
+    raise WeightsError(
+        f"{variable} {model_id!r} is not in {' nor in '.join(str(place) for place in places)}: run `python3 "
+        f"download.py` with the same {variable} (the Dockerfile does this at build time), or, on RunPod, choose it "
+        "as the endpoint's cached model"
+    )
 
 
 def _skipped(safety_checker: bool, drop_t5: bool) -> dict:

@@ -3,6 +3,7 @@
 import ast
 import fnmatch
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,9 @@ def instructions() -> list[tuple[str, str]]:
     text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
     lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
+
+
+DOWNLOAD = r"then python3 download\.py;"  # the build step, unless BAKE_WEIGHTS=0
 
 
 def index(keyword: str, pattern: str) -> int:
@@ -43,27 +47,41 @@ def test_the_image_runs_the_pytorch_the_tests_run_in_its_cuda_build():
 def test_build_arguments_reach_download_py(name, default):
     arg = index("ARG", rf"^{name}={re.escape(default)}$")
     env = index("ENV", rf"(^| ){name}=\$\{{{name}\}}( |$)")
-    run = index("RUN", r"python3 download\.py$")
+    run = index("RUN", DOWNLOAD)
     assert arg < env < run
+
+
+@pytest.mark.parametrize("bake, runs", [("1", True), ("0", False)])
+def test_bake_weights_0_builds_an_image_without_weights(tmp_path, bake, runs):
+    """The download step's shell, run as the build runs it, with a python3 on PATH that notes its arguments."""
+    (tmp_path / "python3").write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path}/ran\n")
+    (tmp_path / "python3").chmod(0o755)
+    arg = index("ARG", r"^BAKE_WEIGHTS=1$")
+    step = instructions()[index("RUN", DOWNLOAD)][1]
+    shell = step.removeprefix("--mount=type=secret,id=HF_TOKEN,env=HF_TOKEN").strip()
+    done = subprocess.run(["sh", "-ec", shell], env={"PATH": f"{tmp_path}:/usr/bin:/bin", "BAKE_WEIGHTS": bake},
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0 and arg < index("RUN", DOWNLOAD), done.stderr
+    assert ((tmp_path / "ran").read_text().strip() == "download.py") if runs else not (tmp_path / "ran").exists()
 
 
 def test_layers_are_ordered_so_a_code_change_does_not_download_again():
     deps = index("RUN", r"^pip install -r requirements\.txt$")
-    download = index("RUN", r"python3 download\.py$")
+    download = index("RUN", DOWNLOAD)
     copy_all = index("COPY", r"^\. \.$")
     assert deps < download < copy_all
     assert index("ENV", r"HF_HUB_OFFLINE=1") > download
 
 
 def test_download_py_has_every_module_it_imports_copied_before_it_runs():
-    copied = " ".join(args for kw, args in instructions()[: index("RUN", r"python3 download\.py$")] if kw == "COPY")
+    copied = " ".join(args for kw, args in instructions()[: index("RUN", DOWNLOAD)] if kw == "COPY")
     for module in local_imports(ROOT / "download.py"):
         assert str(module.relative_to(ROOT)) in copied, module
 
 
 def test_token_is_a_build_secret_not_an_argument():
     assert not any(kw == "ARG" and "TOKEN" in args for kw, args in instructions())
-    assert "--mount=type=secret,id=HF_TOKEN,env=HF_TOKEN" in instructions()[index("RUN", r"python3 download\.py$")][1]
+    assert "--mount=type=secret,id=HF_TOKEN,env=HF_TOKEN" in instructions()[index("RUN", DOWNLOAD)][1]
 
 
 def test_serves_potassium_on_8000_with_a_healthcheck_that_catches_a_stuck_replica():

@@ -65,6 +65,19 @@ def test_downloads_only_the_fp16_safetensors_the_pipeline_loads_then_the_app_ser
     assert app.post({"prompt": "a boat", "num_inference_steps": 1}).status_code == 200
 
 
+def test_an_image_without_weights_serves_a_model_from_the_hosts_cache(hub, tmp_path, start_app):
+    """RunPod's cached models: the hub cache's own layout (models--acme--tiny/snapshots/<rev>/) in a folder of the
+    host's, searched after MODELS_DIR, which holds nothing here (an image built with BAKE_WEIGHTS=0)."""
+    cache = tmp_path / "huggingface-cache" / "hub"
+    assert download(hub, "acme/tiny", cache).returncode == 0
+    assert [p.name for p in cache.iterdir() if p.name.startswith("models--")] == ["models--acme--tiny"]
+    (tmp_path / "baked").mkdir()
+    app = start_app({"MODEL_ID": "acme/tiny", "MODELS_DIR": str(tmp_path / "baked"), "CACHED_MODELS_DIR": str(cache),
+                     "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"})
+    assert app.post({"prompt": "a boat", "num_inference_steps": 1}).status_code == 200
+    assert not list((tmp_path / "baked").iterdir())
+
+
 def test_sd3_with_drop_t5_gets_neither_t5_nor_the_single_files_and_loads_offline(hub, tmp_path, monkeypatch):
     result = download(hub, "acme/sd3", tmp_path, DROP_T5="1")
     assert result.returncode == 0, result.stderr
@@ -137,9 +150,12 @@ def test_a_local_folder_needs_no_download(models, tmp_path):
 
 
 def test_the_app_refuses_to_start_without_baked_weights(start_app, tmp_path):
-    app = start_app({"MODEL_ID": "acme/never-downloaded", "MODELS_DIR": str(tmp_path)}, wait=False)
+    (tmp_path / "cache").mkdir()
+    app = start_app({"MODEL_ID": "acme/never-downloaded", "MODELS_DIR": str(tmp_path),
+                     "CACHED_MODELS_DIR": str(tmp_path / "cache")}, wait=False)
     assert app.proc.wait(120) != 0
     assert "run `python3 download.py` with the same MODEL_ID" in app.logs()
+    assert f"is not in {tmp_path} nor in {tmp_path / 'cache'}" in app.logs() and "cached model" in app.logs()
 
 
 def test_safety_checker_off_skips_its_weights(hub, models, tmp_path):
