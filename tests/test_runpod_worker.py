@@ -3,6 +3,7 @@ handler and messages, and test.py as a RunPod client."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -10,6 +11,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
+import psutil
 import pytest
 
 from testkit.processes import ROOT, THREADS, RunPodWorker, spawn
@@ -118,14 +120,20 @@ def test_runpod_sees_the_jobs_progress_then_its_output(models, tmp_path):
     runpod = FakeRunPod({"id": "job-7", "input": {**INPUTS, "num_inference_steps": 60, "width": 128, "height": 128}})
     threading.Thread(target=runpod.serve_forever, daemon=True).start()
     env = {**os.environ, "MODEL_ID": str(models["sd"]), "OMP_NUM_THREADS": THREADS, **runpod.env()}
-    with (tmp_path / "worker.log").open("w") as log:
-        worker = spawn([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    with (tmp_path / "worker.log").open("w") as log:  # a group of its own: the SDK's heartbeat is a child process
+        worker = spawn([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                       start_new_session=True)
     try:
         assert runpod.done.wait(300), (tmp_path / "worker.log").read_text()[-3000:]
     finally:
-        worker.kill()
+        os.killpg(worker.pid, signal.SIGKILL)
         worker.wait()
         runpod.shutdown()
+    deadline = time.monotonic() + 30
+    while [p for p in psutil.process_iter(["environ"]) if (p.info["environ"] or {}).get("RUNPOD_WEBHOOK_GET_JOB") ==
+           runpod.env()["RUNPOD_WEBHOOK_GET_JOB"] and p.status() != psutil.STATUS_ZOMBIE]:
+        assert time.monotonic() < deadline, "a process of the worker outlived it"
+        time.sleep(0.1)
     *progress, result = runpod.posted
     assert result["output"]["seeds"] == [5] and len(result["output"]["images"]) == 1
     steps = [p["output"]["step"] for p in progress]
