@@ -40,8 +40,9 @@ class Relay:
         last = None
         while not self._stop.wait(PROGRESS_EVERY_S):
             now = self.progress()
+            # From the first step done: before it, the total is not known yet.
             if now.get("running") and now.get("request_id") == str(self.job.get("id", ""))[:64] and \
-                    now.get("step") != last:
+                    now.get("step") and now.get("step") != last:
                 last = now.get("step")
                 self.send(self.job, {key: now[key] for key in RELAYED if now.get(key) is not None})
 
