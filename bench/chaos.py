@@ -12,16 +12,14 @@ Writes bench/results/chaos.json and prints it; exits 1 on any failure.
 import argparse
 import queue
 import random
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import httpx
 
-from bench.common import conclude
-from testkit import model_factory
-from testkit.processes import TEST_KEY, AppProcess, GatewayProcess, RedisServer
+from bench.common import conclude, tiny_fleet
+from testkit.processes import TEST_KEY, AppProcess, GatewayProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 INPUTS = {"prompt": "a lighthouse at dusk", "num_inference_steps": 12}
@@ -127,18 +125,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp_name:
-        tmp = Path(tmp_name)
-        model = model_factory.save_tiny_sd(tmp / "tiny-sd")
-        redis = RedisServer(tmp)
-        replicas = [AppProcess(tmp, {"MODEL_ID": str(model)}) for _ in range(2)]
-        gateways = []
+    with tiny_fleet(2) as (tmp, redis, replicas):
+        flags = ("--lease", "3", "--api-key", TEST_KEY)
+        gateways = [GatewayProcess(tmp, [r.url for r in replicas], redis.url, *flags) for _ in range(2)]
         try:
-            for replica in replicas:
-                replica.wait_ready()
-            flags = ("--lease", "3", "--api-key", TEST_KEY)
-            gateways = [GatewayProcess(tmp, [r.url for r in replicas], redis.url, *flags).wait_ready(120)
-                        for _ in range(2)]
+            for gateway in gateways:
+                gateway.wait_ready(120)
             todo: queue.Queue[int] = queue.Queue()
             for seed in range(args.jobs):
                 todo.put(seed)
@@ -158,10 +150,10 @@ def main() -> None:
             result = {**books(given, done, replicas, kills, since), "jobs": args.jobs, "faults": kills,
                       "wall_s": round(time.monotonic() - started, 1), "seed": args.seed}
         finally:
-            for process in [*replicas, *gateways]:
-                process.stop()
-            redis.stop()
+            for gateway in gateways:
+                gateway.stop()
     conclude(result, verdict(result, args.jobs), args.out, "chaos")
+
 
 if __name__ == "__main__":
     main()

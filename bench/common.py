@@ -9,9 +9,11 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from testkit.processes import free_port
+from testkit.processes import AppProcess, RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,6 +25,27 @@ def cpu_arguments(runs: int) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--runs", type=int, default=runs)
     return parser.parse_args()
+
+
+@contextmanager
+def tiny_fleet(replicas: int) -> Iterator[tuple[Path, RedisServer, list[AppProcess]]]:
+    """The load runs' set-up: a temporary folder, a Redis server, and `replicas` app.py replicas of the tests' tiny
+    model, ready; the replicas and Redis are stopped at the end (what the caller starts on top, it stops)."""
+    from testkit import model_factory
+
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        model = model_factory.save_tiny_sd(tmp / "tiny-sd")
+        redis = RedisServer(tmp)
+        fleet = [AppProcess(tmp, {"MODEL_ID": str(model)}) for _ in range(replicas)]
+        try:
+            for replica in fleet:
+                replica.wait_ready()
+            yield tmp, redis, fleet
+        finally:
+            for replica in fleet:
+                replica.stop()
+            redis.stop()
 
 
 def conclude(result: dict, problems: list[str], out: Path, name: str) -> None:

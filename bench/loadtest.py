@@ -8,7 +8,6 @@ bench/results/loadtest.json, and exits 1 if a job was lost, duplicated or mixed 
 
 import argparse
 import queue
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -16,9 +15,8 @@ from pathlib import Path
 import httpx
 import psutil
 
-from bench.common import conclude
-from testkit import model_factory
-from testkit.processes import AppProcess, GatewayProcess, RedisServer
+from bench.common import conclude, tiny_fleet
+from testkit.processes import AppProcess, GatewayProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -131,23 +129,15 @@ def main() -> None:
     parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp_name:
-        tmp = Path(tmp_name)
-        model = model_factory.save_tiny_sd(tmp / "tiny-sd")
-        redis = RedisServer(tmp)
-        replicas = [AppProcess(tmp, {"MODEL_ID": str(model)}) for _ in range(args.replicas)]
-        gateway = None
+    with tiny_fleet(args.replicas) as (tmp, redis, replicas):
+        gateway = GatewayProcess(tmp, [r.url for r in replicas], redis.url)
         try:
-            for replica in replicas:
-                replica.wait_ready()
-            gateway = GatewayProcess(tmp, [r.url for r in replicas], redis.url).wait_ready(60)
+            gateway.wait_ready(60)
             result = run_load(gateway, replicas, args.jobs, args.clients)
         finally:
-            for process in [*replicas, gateway]:
-                if process is not None:
-                    process.stop()
-            redis.stop()
+            gateway.stop()
     conclude(result, verdict(result), args.out, "loadtest")
+
 
 if __name__ == "__main__":
     main()
