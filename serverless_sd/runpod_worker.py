@@ -6,7 +6,7 @@ modelInputs; its `output` is the answer that POST / gives. A bad input is RunPod
 `error`; the worker keeps taking jobs. While a job runs, its progress (steps, total, seconds left, the preview
 where PREVIEW_EVERY is set) goes to RunPod with the SDK's progress_update, so that RunPod's /status shows it as the
 IN_PROGRESS job's `output`. `python3 app.py --rp_serve_api` starts the SDK's local test API instead (which shows no
-progress: it runs each job to its end before answering).
+progress: it runs each job to its end before answering); `--test_input '{"input": ...}'` runs one job and exits.
 """
 
 import json
@@ -18,9 +18,11 @@ from collections.abc import Callable
 from potassium import Request, Response
 from potassium.types import RequestHeaders
 
+RUNPOD_FLAGS = ("--rp_serve_api", "--test_input")  # the SDK's local test API; one job from the command line
+
 
 def wanted() -> bool:
-    return bool(os.environ.get("RUNPOD_WEBHOOK_GET_JOB")) or "--rp_serve_api" in sys.argv
+    return bool(os.environ.get("RUNPOD_WEBHOOK_GET_JOB")) or any(flag in sys.argv for flag in RUNPOD_FLAGS)
 
 
 PROGRESS_EVERY_S = 1.0  # each update is a POST to RunPod's API, sent only when the step moved

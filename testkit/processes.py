@@ -233,10 +233,11 @@ class RedisServer:
 
 
 class RunPodWorker(Service):
-    """`python3 app.py --rp_serve_api`: the app as a RunPod Serverless worker, behind the runpod SDK's own local test
-    API (/run, /runsync, /status/{id}), which hands each job to the worker's handler as RunPod's queue would."""
+    """`python3 .runpod/handler.py --rp_serve_api` (app.py under RunPod's name for it): the app as a RunPod Serverless
+    worker, behind the runpod SDK's own local test API (/run, /runsync, /status/{id}), which hands each job to the
+    worker's handler as RunPod's queue would."""
 
     def __init__(self, tmp: Path, env: dict):
         port = free_port()
-        super().__init__(tmp, ["app.py", "--rp_serve_api", "--rp_api_host", "127.0.0.1", "--rp_api_port", str(port)],
-                         env, port)
+        argv = [".runpod/handler.py", "--rp_serve_api", "--rp_api_host", "127.0.0.1", "--rp_api_port", str(port)]
+        super().__init__(tmp, argv, env, port)

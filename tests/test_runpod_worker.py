@@ -33,6 +33,19 @@ def test_runsync_answers_the_replicas_answer_as_the_jobs_output(worker, sd_app):
     assert job["output"]["images"] == direct["images"] and job["output"]["seeds"] == [5]  # same handler, same image
 
 
+@pytest.mark.parametrize("test", json.loads((ROOT / ".runpod/tests.json").read_text())["tests"],
+                         ids=lambda test: test["name"])
+def test_each_hub_test_input_is_answered_200_with_its_images(worker, test):
+    """What RunPod's Hub runs against a release (.runpod/tests.json), on a model of the baked one's family."""
+    answer = httpx.post(worker.url + "/runsync", json={"input": test["input"]}, timeout=test["timeout"] / 1000)
+    job = answer.json()
+    assert answer.status_code == 200 and job["status"] == "COMPLETED", job
+    images = job["output"]["images"]
+    assert len(images) == test["input"].get("num_images", 1) and all(i.startswith("data:image/png;base64,")
+                                                                      for i in images)
+    assert job["output"]["seeds"][0] == test["input"]["seed"]
+
+
 def test_run_then_status_gives_the_output(worker):
     queued = httpx.post(worker.url + "/run", json={"input": {**INPUTS, "seed": 6}}, timeout=30).json()
     assert queued["status"] == "IN_PROGRESS"
