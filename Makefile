@@ -37,7 +37,7 @@ lint: setup
 test: setup lint
 	$(PY) -m pytest -n 2 --dist loadfile
 
-# The fuzz tests with 10x the cases of `make test`, on a fresh random seed each run.
+# The fuzz tests with 20x the cases of `make test`, on a fresh random seed each run.
 fuzz: setup
 	FUZZ_EXAMPLES=10000 HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest tests/test_serving_fuzz.py tests/gateway/test_api_fuzz.py
 

@@ -3,6 +3,9 @@
 Run it with `python3 app.py`; POST modelInputs JSON to / (docs/api.md lists every field).
 """
 
+from serverless_sd import cold_start  # noqa: F401 - first: it reads the weights while the rest imports
+
+# isort: split
 from potassium import Request
 
 from serverless_sd import openapi, schema, serving

@@ -1,6 +1,12 @@
-"""make coldstart: zero to first image. No replica runs; a caller starts a job; a scaler reading the gateway's scale
-signal (standing in for KEDA) starts a replica; the caller gets the image. The time is split into the scale
-decision, the replica's cold start, its joining the gateway, and the generation.
+"""make coldstart: zero to first image, and the replica's own start phase by phase.
+
+1. No replica runs; a caller starts a job; a scaler reading the gateway's scale signal (standing in for KEDA) starts
+   a replica; the caller gets the image. The time is split into the scale decision, the replica's cold start, its
+   joining the gateway, and the generation.
+2. The replica's phases (serverless_sd/cold_start.py: imports, CUDA, reading the weights, building the modules,
+   warm-up, first request; from /healthz) against a bare `from_pretrained` process of the same folder, both from
+   the process's start, in turns: with the model's files out of the page cache (posix_fadvise DONTNEED: a new node,
+   whose disk or network volume the weights are read from) and with them in it (a restart on the same node).
 
 The SD-1.5-sized model with random weights (bench/models/, built once), the gateway resolving a name whose
 addresses the scaler sets (as a headless Service's DNS lists ready pods), the real app.py and gateway.py. Plain
@@ -10,6 +16,7 @@ Writes bench/results/cold_start.json.
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -59,6 +66,48 @@ def one_run(tmp: Path, model: Path, poll_s: float, resolve_s: float) -> dict:
         gateway.stop()
 
 
+def evict(folder: Path) -> None:
+    """The folder's files out of the page cache (the libraries' files stay: both processes import the same ones)."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            descriptor = os.open(path, os.O_RDONLY)
+            os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.close(descriptor)
+
+
+def app_phases(tmp: Path, model: Path) -> dict:
+    app = AppProcess(tmp, {"MODEL_ID": str(model)}).wait_ready(900)
+    try:
+        answer = app.post({**INPUTS, "num_inference_steps": 1})
+        assert answer.status_code == 200, answer.text
+        return httpx.get(app.url + "/healthz").json()["cold_start"]
+    finally:
+        app.stop()
+
+
+def phases(model: Path, runs: int) -> dict:
+    """The app's phases and a bare from_pretrained's load, each from its process's start, in turns."""
+    measured = {"cold_page_cache": [], "warm_page_cache": []}
+    for i in range(runs):
+        for cache in measured:
+            if cache == "cold_page_cache":
+                evict(model)
+            with tempfile.TemporaryDirectory() as tmp:
+                app = app_phases(Path(tmp), model)
+            if cache == "cold_page_cache":
+                evict(model)
+            bare = plain_diffusers(model, load_only=True)["from_process_start_s"]
+            measured[cache].append({"app": app, "bare_from_pretrained_s": bare, "ratio": app["ready"] / bare})
+            print(f"{cache} run {i + 1}: app ready {app['ready']:.2f} s, bare {bare:.2f} s", flush=True)
+    medians = {}
+    for cache, entries in measured.items():
+        numeric = [name for name, value in entries[0]["app"].items() if isinstance(value, (int, float))]
+        medians[cache] = {"app": {name: statistics.median(e["app"][name] for e in entries) for name in numeric},
+                          "bare_from_pretrained_s": statistics.median(e["bare_from_pretrained_s"] for e in entries),
+                          "ratio": statistics.median(e["ratio"] for e in entries)}
+    return {"runs": measured, "median": medians}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", type=Path, default=ROOT / "bench" / "models" / "sd15-random")
@@ -74,13 +123,15 @@ def main() -> None:
             runs.append(one_run(Path(tmp), model, args.poll, args.resolve_every))
         bare.append(plain_diffusers(model, load_only=True)["cold_s"])
         print(f"run {i + 1}: " + ", ".join(f"{k} {v:.2f}" for k, v in runs[-1].items()), flush=True)
+    split = phases(model, args.runs)
     result = {"machine": machine(),
               "inputs": INPUTS, "scaler_poll_s": args.poll, "resolve_every_s": args.resolve_every, "runs": runs,
               "median": {k: statistics.median(r[k] for r in runs) for k in runs[0]},
-              "plain_from_pretrained_s": {"runs": bare, "median": statistics.median(bare)}}
+              "plain_from_pretrained_s": {"runs": bare, "median": statistics.median(bare)}, "phases": split}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result["median"], indent=2), "\nplain from_pretrained:", result["plain_from_pretrained_s"])
+    print(json.dumps(split["median"], indent=2))
 
 
 if __name__ == "__main__":

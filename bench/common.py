@@ -127,7 +127,8 @@ def plain_diffusers(model: Path, **options) -> dict:
         flag = f"--{key.replace('_', '-')}"
         args += [flag] if value is True else [flag, str(value)]
     started = time.perf_counter()
-    out = subprocess.run(args, capture_output=True, text=True, timeout=1800)
+    out = subprocess.run(args, capture_output=True, text=True, timeout=1800,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
     if out.returncode:
         raise RuntimeError(out.stderr[-3000:])
     result = json.loads(out.stdout.strip().splitlines()[-1])

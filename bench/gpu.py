@@ -62,6 +62,9 @@ def pixels_apart(a: dict, b: dict) -> int:
     return int(np.abs(array(a) - array(b)).max())
 
 
+SMOKE_ENV = {"DEVICE": "cpu", "DTYPE": "float32"}  # plain diffusers' dtype in --smoke, on any CPU
+
+
 class Run:
     """The models, the results file, the budget."""
 
@@ -121,7 +124,7 @@ class Run:
         if card_gb and not self.smoke:
             script = str(self.root / "bounded_app.py")
             Path(script).write_text(BOUNDED_APP.format(root=str(ROOT), card_gb=card_gb))
-        return App(self.model(model), script=script, timeout=900, **({"DEVICE": "cpu"} if self.smoke else {}), **env)
+        return App(self.model(model), script=script, timeout=900, **(SMOKE_ENV if self.smoke else {}), **env)
 
     def plain(self, model: str, dtype: str, size: int, steps: int) -> Plain:
         return Plain(self.model(model), device=self.device, dtype="float32" if self.smoke else dtype, size=size,
@@ -313,7 +316,7 @@ def compile_paths(run: Run, figures: dict) -> dict:
     sd = run.model("tiny-sd")
     env = {"COMPILE": "1", "COMPILE_SIZES": "256x256", "DEFAULT_GUIDANCE_SCALE": "1", "LORAS_DIR": str(run.lora(
         "tiny-sd")), "PREVIEW_EVERY": "2", "PREVIEW_DECODER": str(run.model("tiny-taesd"))}
-    app = App(sd, timeout=900, **({"DEVICE": "cpu"} if run.smoke else {}), **env)
+    app = App(sd, timeout=900, **(SMOKE_ENV if run.smoke else {}), **env)
     try:
         inputs = {"width": 256, "height": 256, "num_inference_steps": 8, "seed": 4}
         runs = [digest(app.generate(**inputs, scheduler="pndm")[1]) for _ in range(3)]
@@ -330,7 +333,7 @@ def compile_paths(run: Run, figures: dict) -> dict:
         figures["healthz_after_uncovered_variants"] = health(app)["compiled"]
     finally:
         app.stop()
-    flux = App(run.model("flux"), timeout=900, COMPILE="1", **({"DEVICE": "cpu"} if run.smoke else {}))
+    flux = App(run.model("flux"), timeout=900, COMPILE="1", **(SMOKE_ENV if run.smoke else {}))
     try:
         flux.generate(num_inference_steps=2, seed=1)
         figures["flux_transformer_compiled"] = health(flux)["compiled"]

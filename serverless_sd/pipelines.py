@@ -19,6 +19,7 @@ from diffusers import (
 from PIL import Image
 
 from . import families, images, logs, prompts, schedulers, seeds, weights
+from .cold_start import COLD_START
 from .compiled import Cache, Compiled, allow_variants, fuse_projections
 from .cuda_graphs import CudaGraphed
 from .families import Family, FamilyError
@@ -143,6 +144,10 @@ class StableDiffusion:
                                 drop_t5=settings.drop_t5)
         family = families.of(folder)
         device = choose_device(settings.device)
+        if device.type == "cuda":  # the context, made while the weights' reading goes on (cold_start.py)
+            with COLD_START.phase("cuda_init"):
+                torch.cuda.init()
+                torch.empty(1, device=device)
         dtype = choose_dtype(settings.dtype, device, family)
         declared = families.components(folder)
         left_out = {}
@@ -167,6 +172,8 @@ class StableDiffusion:
         stored = weights.stored_dtypes if nhwc else lambda _: {}
         # Weights go straight to the GPU, no CPU copy first; with CPU_OFFLOAD they stay in CPU memory.
         placement = "cpu" if settings.cpu_offload else device.type
+        COLD_START.wait_for_weights()
+        built = time.perf_counter()
         pipe = AutoPipelineForText2Image.from_pretrained(
             folder, dtype={"default": dtype, **stored(folder)}, variant=weights.local_variant(folder),
             local_files_only=True, use_safetensors=True,
@@ -205,6 +212,7 @@ class StableDiffusion:
         model.warm_ups = model.plan_warm_ups(settings) if wanted else []
         if model.compiled:
             allow_variants(len(model.warm_ups))
+        COLD_START.note("build_modules", time.perf_counter() - built)
         return model
 
     def compile(self, backend: str | Callable, fallback: Callable) -> None:

@@ -28,6 +28,7 @@ from potassium import Request, Response
 from werkzeug.exceptions import BadRequest, HTTPException
 
 from . import compiled, cuda_graphs, logs, origin, runpod_worker
+from .cold_start import COLD_START
 from .families import FamilyError
 from .recent import Recent
 from .schema import ErrorBody, FieldError, InputError
@@ -145,6 +146,7 @@ def endpoint(settings: Settings) -> Callable:
                 if settings.image_base64 == "plain" and "image_base64" in answer:  # the original's clients decode it
                     answer["image_base64"] = answer["image_base64"].partition(",")[2]
             logs.event("request", status=status, total_ms=total_ms, **fields)
+            COLD_START.first_request(total_ms / 1000)
             response = Response(status=status, json=answer)
             if sent:
                 RECENT.keep(request_id, status, response.body)
@@ -183,6 +185,7 @@ class Potassium(potassium.Potassium):
         if not settings.log_prompts:
             logs.redact_library_warnings()
         potassium.worker.FDRedirect = LinePrefixer
+        COLD_START.note("imports", COLD_START.since_start())
         started = time.perf_counter()
         try:
             context = self._init_func()
@@ -214,6 +217,8 @@ class Potassium(potassium.Potassium):
         if self.warm_up(context):
             logs.event("warm_up", ms=round((time.perf_counter() - started) * 1000, 1),
                        thread=threading.current_thread().name)
+        COLD_START.note("warm_up", time.perf_counter() - started)
+        COLD_START.note("ready", COLD_START.since_start())
         return context
 
 
@@ -237,7 +242,7 @@ def _healthz(settings: Settings) -> FlaskResponse:
         logs.event("unhealthy", reason=problem)
         return _json_response(503, {"ok": False, "error": problem})  # not ErrorBody: probes read "ok"
     answer = {"ok": True, "busy": not status["gpu_available"], "cuda_graphs": cuda_graphs.status(),
-              "compiled": compiled.status()}
+              "compiled": compiled.status(), "cold_start": COLD_START.report()}
     if torch.cuda.is_available():  # what graphs, compiled code and the caching allocator hold, and the peak
         answer["gpu_memory_mb"] = {"allocated": torch.cuda.memory_allocated() >> 20,
                                    "reserved": torch.cuda.memory_reserved() >> 20,

@@ -6,7 +6,13 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from huggingface_hub import get_cached_repo_tree, hf_hub_download, model_info, snapshot_download
+from huggingface_hub import (
+    get_cached_repo_tree,
+    hf_hub_download,
+    model_info,
+    snapshot_download,
+    try_to_load_from_cache,
+)
 from huggingface_hub.errors import (
     CachedRepoTreeNotFoundError,
     GatedRepoError,
@@ -19,6 +25,8 @@ try:  # the HTTP library huggingface_hub 2.x is built on (1.x used httpx)
     from httpx2 import TransportError
 except ImportError:  # pragma: no cover
     from httpx import TransportError
+
+from . import families
 
 if TYPE_CHECKING:
     import torch  # imported where used: download.py needs no torch
@@ -185,6 +193,31 @@ def _fetch(model_id: str, models_dir: Path, files: list[str], **hub_options) -> 
 
     return Path(DiffusionPipeline.download(model_id, cache_dir=models_dir, variant=half_variant(files),
                                            use_safetensors=True, **hub_options))
+
+
+def first_guess(model_id: str, places: Sequence[Path], one_model: bool = False) -> Path | None:
+    """The folder locate() will most likely choose, found from the hub cache's layout alone (no diffusers, no
+    check that every file is there): for reading the weights ahead while the libraries import."""
+    if Path(model_id).is_dir():
+        return Path(model_id)
+    for place in places:
+        found = try_to_load_from_cache(model_id, "config.json" if one_model else "model_index.json", cache_dir=place)
+        if isinstance(found, str):
+            return Path(found).parent
+    return None
+
+
+def weight_files(folder: Path, left_out: Iterable[str] = ()) -> list[Path]:
+    """The safetensors files from_pretrained reads from a pipeline's folder (those of the components its
+    model_index.json declares, less `left_out`) or from a single model's: each in the folder's variant where the
+    component has it, as diffusers picks them."""
+    variant = local_variant(folder)
+    pipeline = (folder / "model_index.json").is_file()
+    files = []
+    for name in sorted(families.components(folder) - set(left_out)) if pipeline else [""]:
+        found = sorted((folder / name).glob("*.safetensors"))
+        files += [path for path in found if _is(path.name, variant)] or [path for path in found if _is(path.name, None)]
+    return files
 
 
 def local_variant(folder: Path) -> str | None:

@@ -1,6 +1,6 @@
 """What the fuzz tests share: JSON of every shape, plausible modelInputs, and the rules every answer keeps.
 
-FUZZ_EXAMPLES sets the cases per test (1,000 in `make test`; `make fuzz` runs 10,000 on a fresh random seed).
+FUZZ_EXAMPLES sets the cases per test (500 in `make test`; `make fuzz` runs 10,000 on a fresh random seed).
 """
 
 import json
@@ -13,7 +13,7 @@ from serverless_sd import schedulers
 
 from test_modes import mask, picture, uri
 
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "1000"))
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "500"))
 
 numbers = st.integers() | st.floats() | st.sampled_from([0, -1, 2**63, 2**64, 2**200, math.nan, math.inf, -0.0])
 texts = st.text(max_size=60) | st.sampled_from(["", " ", "\x00", "é" * 10, "<script>", "{{}}", "%s%n"])

@@ -29,14 +29,16 @@ def wait_until(condition, timeout: float) -> None:
         time.sleep(0.1)
 
 
-def wait_for(gateway, call_id: str, state: str, timeout: float = 60) -> dict:
+def wait_for(gateway, call_id: str, state: str, timeout: float = 180) -> dict:
+    """A job's state within `timeout`: a bound on reached or never, not on this machine's speed (a dispatch takes
+    well under a second when idle, and over a minute was seen with both cores busy)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         answer = gateway.check(call_id)
         if answer.get("state") == state:
             return answer
         time.sleep(0.05)
-    raise TimeoutError(f"{call_id} never {state}")
+    raise TimeoutError(f"{call_id} never {state}; the gateway's log ends:\n{gateway.logs()[-3000:]}")
 
 
 def keep_busy(app, steps: int = 150) -> threading.Thread:
