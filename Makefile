@@ -12,7 +12,7 @@ SDKS := 4.0.0 6.3.0
 APP_PORT ?= 8000
 GATEWAY_PORT ?= 8080
 
-.PHONY: setup lint test fuzz mutants loadtest soak serve demo download bench bench-families bench-few-step bench-loras bench-previews bench-compile-cache bench-wheels coldstart clean
+.PHONY: setup lint test fuzz mutants loadtest soak serve demo download bench bench-families bench-few-step bench-loras bench-previews bench-compile-cache bench-wheels coldstart economics clean
 
 setup: $(STAMP)
 
@@ -108,6 +108,11 @@ bench-compile-cache: setup
 # Zero to first image: no replica, a job, a scaler on GET /scale starts one (bench/results/cold_start.json).
 coldstart: setup
 	$(PY) -m bench.cold_start
+
+# A month of the seed's traffic replayed against each way to run it: the bill, the waits, the defaults shipped
+# (bench/results/economics.json; README's cost table and BENCHMARKS.md's come from it).
+economics: setup
+	$(PY) -m bench.economics
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache

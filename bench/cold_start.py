@@ -30,6 +30,9 @@ from testkit.processes import TEST_KEY, AppProcess, GatewayProcess, free_port
 
 NAME = "sd-app.bench"
 INPUTS = {"prompt": "a lighthouse at dusk", "width": 512, "height": 512, "num_inference_steps": 4, "seed": 1}
+# The replica as it runs alone on its machine, with PyTorch's thread per core as the bare process has (the tests'
+# processes run one thread each: testkit.processes.THREADS).
+ALONE = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS") or str(os.cpu_count())}
 
 
 def one_run(tmp: Path, model: Path, poll_s: float, resolve_s: float) -> dict:
@@ -47,7 +50,7 @@ def one_run(tmp: Path, model: Path, poll_s: float, resolve_s: float) -> dict:
         while httpx.get(gateway.url + "/scale", headers=key).json()["work"] < 1:
             time.sleep(poll_s)
         decided = time.monotonic()
-        app = AppProcess(tmp, {"MODEL_ID": str(model)}, host="127.0.0.2", port=port).wait_ready(900)
+        app = AppProcess(tmp, {"MODEL_ID": str(model), **ALONE}, host="127.0.0.2", port=port).wait_ready(900)
         ready = time.monotonic()
         names.set(NAME, ["127.0.0.2"])
         while gateway.check(call_id)["state"] == "queued":
@@ -76,7 +79,7 @@ def evict(folder: Path) -> None:
 
 
 def app_phases(tmp: Path, model: Path) -> dict:
-    app = AppProcess(tmp, {"MODEL_ID": str(model)}).wait_ready(900)
+    app = AppProcess(tmp, {"MODEL_ID": str(model), **ALONE}).wait_ready(900)
     try:
         answer = app.post({**INPUTS, "num_inference_steps": 1})
         assert answer.status_code == 200, answer.text
@@ -85,8 +88,20 @@ def app_phases(tmp: Path, model: Path) -> dict:
         app.stop()
 
 
+def app_dtype() -> str:
+    """The dtype the app picks on this CPU by default (pipelines.choose_dtype): the bare load is run at it too."""
+    import torch
+
+    from serverless_sd import families
+    from serverless_sd.pipelines import choose_dtype
+
+    return str(choose_dtype("auto", torch.device("cpu"), families.named("sd"))).removeprefix("torch.")
+
+
 def phases(model: Path, runs: int) -> dict:
-    """The app's phases and a bare from_pretrained's load, each from its process's start, in turns."""
+    """The app's phases and a bare from_pretrained's load (diffusers' default float32, and the app's own dtype),
+    each from its process's start, in turns."""
+    dtypes = list(dict.fromkeys(["float32", app_dtype()]))
     measured = {"cold_page_cache": [], "warm_page_cache": []}
     for i in range(runs):
         for cache in measured:
@@ -94,18 +109,21 @@ def phases(model: Path, runs: int) -> dict:
                 evict(model)
             with tempfile.TemporaryDirectory() as tmp:
                 app = app_phases(Path(tmp), model)
-            if cache == "cold_page_cache":
-                evict(model)
-            bare = plain_diffusers(model, load_only=True)["from_process_start_s"]
-            measured[cache].append({"app": app, "bare_from_pretrained_s": bare, "ratio": app["ready"] / bare})
-            print(f"{cache} run {i + 1}: app ready {app['ready']:.2f} s, bare {bare:.2f} s", flush=True)
+            bare = {}
+            for dtype in dtypes:
+                if cache == "cold_page_cache":
+                    evict(model)
+                bare[dtype] = plain_diffusers(model, load_only=True, dtype=dtype)["from_process_start_s"]
+            measured[cache].append({"app": app, "bare_from_pretrained_s": bare,
+                                    "ratio": {dtype: app["ready"] / s for dtype, s in bare.items()}})
+            print(f"{cache} run {i + 1}: app ready {app['ready']:.2f} s, bare {bare}", flush=True)
     medians = {}
     for cache, entries in measured.items():
         numeric = [name for name, value in entries[0]["app"].items() if isinstance(value, (int, float))]
         medians[cache] = {"app": {name: statistics.median(e["app"][name] for e in entries) for name in numeric},
-                          "bare_from_pretrained_s": statistics.median(e["bare_from_pretrained_s"] for e in entries),
-                          "ratio": statistics.median(e["ratio"] for e in entries)}
-    return {"runs": measured, "median": medians}
+                          **{key: {dtype: statistics.median(e[key][dtype] for e in entries) for dtype in dtypes}
+                             for key in ("bare_from_pretrained_s", "ratio")}}
+    return {"app_dtype": dtypes[-1], "runs": measured, "median": medians}
 
 
 def main() -> None:
