@@ -67,6 +67,12 @@ def sd15_folder(folder: Path) -> Path:
     return folder
 
 
+def with_root_on_path() -> dict[str, str]:
+    """This environment with the repository first on PYTHONPATH, and what was on it kept (on the lent GPU machine:
+    the carried wheels' folder)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+
+
 def machine() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
@@ -128,7 +134,7 @@ def plain_diffusers(model: Path, **options) -> dict:
         args += [flag] if value is True else [flag, str(value)]
     started = time.perf_counter()
     out = subprocess.run(args, capture_output=True, text=True, timeout=1800,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+                         env=with_root_on_path())
     if out.returncode:
         raise RuntimeError(out.stderr[-3000:])
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -144,7 +150,7 @@ class Plain:
         for key, value in options.items():
             args += [f"--{key.replace('_', '-')}", str(value)]
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
-                                     env={**os.environ, "PYTHONPATH": str(ROOT)})
+                                     env=with_root_on_path())
         self.cold_s = self._read()["cold_s"]  # loaded and warmed up
 
     def run(self) -> float:

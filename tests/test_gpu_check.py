@@ -52,3 +52,21 @@ def test_every_check_runs_end_to_end_on_the_cpu(tmp_path):
     assert paths["four_images"]["images"] == 4 and paths["controlnet"]["mode"] == "controlnet"
     assert paths["lora"]["restored_bit_for_bit"] and paths["progress"]["previews"] > 0
     assert all(checks["families"][family]["levels_from_plain"] <= 8 for family in ("sdxl", "sd35", "flux"))
+
+
+def test_plain_diffusers_processes_keep_the_python_path_they_were_given(tmp_path, monkeypatch):
+    """On the lent GPU machine the carried wheels are on PYTHONPATH: a plain diffusers process started without them
+    found no diffusers (the first call of 2026-12-04 lost three checks to it)."""
+    from bench.common import ROOT, with_root_on_path
+
+    carried = tmp_path / "carried"
+    carried.mkdir()
+    (carried / "carried_probe.py").write_text("")
+    monkeypatch.setenv("PYTHONPATH", str(carried))
+    env = with_root_on_path()
+    assert env["PYTHONPATH"].split(":")[0] == str(ROOT)
+    found = processes.run([sys.executable, "-c", "import carried_probe, bench.common"], env=env, timeout=60,
+                          cwd=tmp_path)
+    assert found.returncode == 0, found.stderr
+    monkeypatch.delenv("PYTHONPATH")
+    assert with_root_on_path()["PYTHONPATH"] == str(ROOT)
