@@ -5,13 +5,13 @@
    again each time). Open files and RSS are sampled; after the warm-up they must stay flat (Potassium 0.5.0 leaked
    4 files a request and died at request 59 under this limit).
 2. The gateway on Redis with two replicas, all under `ulimit -n 256`: after a warm-up round (a tenth as many jobs,
-   checked the same way), 2,000 startOnly jobs from 20 clients, every
-   result kept for RESULT_TTL_S, so the store fills and empties by its own TTLs as it would in production. Every job
-   must complete exactly once with its own seed (load test's books), the gateway's open files and RSS must stay
-   flat, and Redis' memory must come back to where it started once the results have expired.
+   checked the same way), 2,000 startOnly jobs from 20 clients, every result kept for --result-ttl seconds (20),
+   so the store fills and empties by its own TTLs as it would in production. Every job must complete exactly once
+   with its own seed (load test's books), the gateway's open files and RSS must stay flat, and Redis' memory must
+   come back to where it started once the results have expired.
 
-Writes bench/results/soak.json and prints it; exits 1 on any failure. `python3 -m bench.soak --requests 300
---jobs 300` is the short version `make test` runs.
+Writes bench/results/soak.json and prints it; exits 1 on any failure. `python3 -m bench.soak --requests 150
+--jobs 150 --result-ttl 5` is the short version `make test` runs.
 """
 
 import argparse
@@ -33,7 +33,6 @@ from testkit.processes import TEST_KEY, AppProcess, GatewayProcess, RedisServer
 ROOT = Path(__file__).resolve().parent.parent
 
 NOFILE = 256
-RESULT_TTL_S = 20
 FD_GROWTH = 8  # open files: flat, give or take a connection or two in flight
 RSS_GROWTH_MB = 60  # after the warm-up: allocator noise, not a leak (a leak of 1 KB a request would pass; 30 KB not)
 REDIS_GROWTH_MB = 8  # once results expired: the small job records (tombstones) of 2,000 jobs are about 2 MB
@@ -85,7 +84,7 @@ def replica_soak(tmp: Path, model: Path, requests: int) -> dict:
             "ok": not problems}
 
 
-def gateway_soak(tmp: Path, model: Path, jobs: int, clients: int) -> dict:
+def gateway_soak(tmp: Path, model: Path, jobs: int, clients: int, result_ttl_s: float) -> dict:
     server = RedisServer(tmp)
     replicas = [AppProcess(tmp, {"MODEL_ID": str(model)}, nofile=NOFILE) for _ in range(2)]
     gateway = None
@@ -94,7 +93,7 @@ def gateway_soak(tmp: Path, model: Path, jobs: int, clients: int) -> dict:
         for replica in replicas:
             replica.wait_ready()
         gateway = GatewayProcess(tmp, [r.url for r in replicas], server.url, "--api-key", TEST_KEY,
-                                 "--result-ttl", str(RESULT_TTL_S), nofile=NOFILE).wait_ready()
+                                 "--result-ttl", str(result_ttl_s), nofile=NOFILE).wait_ready()
         # Connection pools (Redis, replicas) grow to what the clients' concurrency needs, then stay: measured after.
         warm_up = run_load(gateway, replicas, max(40, jobs // 10), clients, api_key=TEST_KEY)
         redis_start_mb = raw.info("memory")["used_memory"] / 2**20
@@ -116,7 +115,7 @@ def gateway_soak(tmp: Path, model: Path, jobs: int, clients: int) -> dict:
             sampler.join()
         fds["gateway_end"] = gateway.open_files()
         fds["replicas_end"] = [r.open_files() for r in replicas]
-        time.sleep(RESULT_TTL_S + 3)  # every result past its TTL: Redis drops them itself, no sweep involved
+        time.sleep(result_ttl_s + 3)  # every result past its TTL: Redis drops them itself, no sweep involved
         redis_end_mb = raw.info("memory")["used_memory"] / 2**20
         keys_left = raw.dbsize()
     finally:
@@ -129,7 +128,7 @@ def gateway_soak(tmp: Path, model: Path, jobs: int, clients: int) -> dict:
         problems.append(f"the gateway's open files grew from {fds['gateway_start']} to {fds['gateway_end']}")
     if redis_end_mb - redis_start_mb > REDIS_GROWTH_MB:
         problems.append(f"Redis grew from {redis_start_mb:.1f} to {redis_end_mb:.1f} MB after the results expired")
-    result.update(nofile=NOFILE, result_ttl_s=RESULT_TTL_S, open_files=fds, peak_gateway_fds=peak["gateway_fds"],
+    result.update(nofile=NOFILE, result_ttl_s=result_ttl_s, open_files=fds, peak_gateway_fds=peak["gateway_fds"],
                   redis_mb={"start": round(redis_start_mb, 1), "peak": round(peak["redis_mb"], 1),
                             "after_expiry": round(redis_end_mb, 1)},
                   redis_keys_after_expiry=keys_left, problems=problems, ok=not problems)
@@ -141,13 +140,14 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--result-ttl", type=float, default=20, help="seconds; the clients read theirs at once")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "soak.json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         model = model_factory.save_tiny_sd(tmp / "tiny-sd")
         report = {"replica": replica_soak(tmp, model, args.requests),
-                  "gateway": gateway_soak(tmp, model, args.jobs, args.clients)}
+                  "gateway": gateway_soak(tmp, model, args.jobs, args.clients, args.result_ttl)}
     report["ok"] = report["replica"]["ok"] and report["gateway"]["ok"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
