@@ -10,8 +10,8 @@
    with its own seed (load test's books), the gateway's open files and RSS must stay flat, and Redis' memory must
    come back to where it started once the results have expired.
 
-Writes bench/results/soak.json and prints it; exits 1 on any failure. `python3 -m bench.soak --requests 150
---jobs 150 --result-ttl 5` is the short version `make test` runs.
+Writes bench/results/soak.json and prints it; exits 1 on any failure. `python3 -m bench.soak --requests 300
+--jobs 300 --result-ttl 5` is the short version `make test` runs.
 """
 
 import argparse

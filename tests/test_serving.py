@@ -153,6 +153,21 @@ def test_log_prompts_opt_in_logs_the_prompt(start_app, models):
     assert app.events()[-1]["prompt"] == "an opted-in prompt" and app.events()[-1]["negative_prompt"] == "blur"
 
 
+def test_open_files_stay_flat_over_hundreds_of_requests_under_ulimit_256(start_app, models):
+    # Potassium 0.5.0 leaked four descriptors a request: under this limit the replica stopped answering at request 59.
+    app = start_app({"MODEL_ID": str(models["sd"])}, nofile=256)
+    tiny = {**GOOD, "width": 64, "height": 64}
+    with httpx.Client(base_url=app.url, timeout=60) as client:
+        for _ in range(20):
+            assert client.post("/", json=tiny).status_code == 200
+        settled = app.open_files()
+        for _ in range(280):
+            assert client.post("/", json=tiny).status_code == 200
+        assert app.open_files() <= settled + 4, (settled, app.open_files())
+        assert client.get("/__status__").json()["gpu_available"] is True
+        assert client.get("/healthz").status_code == 200
+
+
 def test_a_stuck_replica_fails_its_health_check_and_recovers(start_app, models):
     app = start_app({"MODEL_ID": str(models["sd"]), "STUCK_AFTER_S": "2"}, script="testkit.fault_app")
     # No CUDA here: no graphs, no GPU memory; not COMPILE=1: nothing compiled.
